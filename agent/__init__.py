@@ -1,0 +1,1 @@
+"""paystation-agent"""

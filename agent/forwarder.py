@@ -1,0 +1,303 @@
+"""The forwarder: takes pending records from the journal and delivers them, at least once.
+
+A few worker threads (``controller.concurrency``) each claim one record at a time from
+the journal (sessions still running first, then oldest first), send it through the
+:class:`~agent.transport.Sender` seam, read the answer with :mod:`agent.outcome` and record
+the result in the journal:
+
+* delivered (or 9022, already there): ``sent`` with the ``reference_id``;
+* rejected: ``dead`` with status and body; the worker moves on to the next record;
+* transient: the same record is retried by tenacity, forever, with backoff;
+* paused (token or licence refused): every worker stops sending until the backoff ends or
+  the token changes; nothing is dead-lettered.
+
+Workers sleep on conditions, never on a timer: the journal wakes them when a record is
+appended, and one success wakes every worker that is backing off, so a backlog starts to
+drain the moment the controller is back. :meth:`Forwarder.stop` interrupts every wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import tenacity
+
+from agent.errors import JournalError
+from agent.journal import Claim, Journal
+from agent.outcome import Outcome, Verdict, classify, classify_failure
+from agent.retry import RetryPolicy
+from agent.transport import Sender
+
+log = logging.getLogger("agent.forwarder")
+BODY_LIMIT = 2_000
+
+
+@dataclass
+class Health:
+    """The controller as the forwarder sees it; changes are logged once, not per retry."""
+
+    state: str = "ok"  # ok | unreachable | paused
+    since: float = 0.0
+    reason: str = ""
+    last_success: float | None = None
+
+
+class Forwarder:
+    def __init__(
+        self,
+        journal: Journal,
+        sender: Sender,
+        *,
+        concurrency: int = 4,
+        policy: RetryPolicy | None = None,
+        secret_text: Callable[[], str] = lambda: "",
+    ) -> None:
+        self.journal = journal
+        self.sender = sender
+        self.concurrency = concurrency
+        self.policy = policy or RetryPolicy()
+        self.requests: Counter[str] = Counter()
+        self.health = Health(since=time.time())
+        self._secret_text = secret_text
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._work_gen = 0  # bumped when the journal has new pending records
+        self._retry_gen = 0  # bumped when backoffs should end early (success, new token)
+        self._paused_until = 0.0  # monotonic
+        self._busy = 0
+        self._threads: list[threading.Thread] = []
+        self._progress = time.monotonic()
+        journal.subscribe(self.wake)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        recovered = self.journal.recover_in_flight()
+        if recovered:
+            log.warning(
+                "%d record(s) were in flight when the agent last stopped; their outcome is "
+                "unknown, so they will be sent again (the controller may see them twice)",
+                recovered,
+            )
+        for i in range(self.concurrency):
+            thread = threading.Thread(target=self._work, name=f"forwarder-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Stop sending; records in flight are finished or left for the next start."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in self._threads):
+            self.sender.close()  # breaks a request still waiting for its answer
+            for thread in self._threads:
+                thread.join(max(0.0, deadline + 1.0 - time.monotonic()))
+        else:
+            self.sender.close()
+
+    def wake(self) -> None:
+        """New pending records: an idle worker claims them now."""
+        with self._cond:
+            self._work_gen += 1
+            self._cond.notify_all()
+
+    def retry_now(self) -> None:
+        """End backoffs and pauses early (the controller is back, or the token changed)."""
+        with self._cond:
+            self._retry_gen += 1
+            self._work_gen += 1
+            self._paused_until = 0.0
+            self._cond.notify_all()
+
+    @property
+    def idle_or_progressing(self) -> bool:
+        """For the watchdog: alive threads that are idle, waiting out a backoff, or sending."""
+        return all(t.is_alive() for t in self._threads) and not self._stop.is_set()
+
+    # -- the worker -------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            claim = self._next_claim()
+            if claim is None:
+                continue
+            try:
+                self._deliver(claim)
+            except JournalError as exc:
+                log.error("journal error while recording a delivery: %s", exc)
+                self._sleep(1.0)
+
+    def _next_claim(self) -> Claim | None:
+        with self._cond:
+            gen = self._work_gen
+        try:
+            claims = self.journal.claim(1)
+        except JournalError as exc:
+            log.error("cannot read the journal: %s", exc)
+            self._sleep(1.0)
+            return None
+        if claims:
+            return claims[0]
+        with self._cond:
+            self._cond.wait_for(lambda: self._work_gen != gen or self._stop.is_set())
+        return None
+
+    def _deliver(self, claim: Claim) -> None:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_result(
+                lambda v: v is not None and v.outcome in (Outcome.TRANSIENT, Outcome.PAUSED)
+            ),
+            wait=self.policy.wait(),
+            stop=lambda _state: self._stop.is_set(),
+            sleep=self._sleep,
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+        )
+        verdict: Verdict | None = retrying(self._attempt, claim)
+        if verdict is None or not (verdict.delivered or verdict.outcome is Outcome.REJECTED):
+            self.journal.release(claim.id)  # stopping: the record stays pending
+
+    def _attempt(self, claim: Claim) -> Verdict | None:
+        """One send of one record, its answer recorded; ``None`` if stopping first."""
+        if not self._wait_out_pause():
+            return None
+        started = time.monotonic()
+        body_text = ""
+        try:
+            reply = self.sender.post(claim.payload)
+        except Exception as exc:  # any transport failure is transient: retry, never drop
+            verdict = classify_failure(exc)
+        else:
+            body_text = self._redact(reply.body.decode("utf-8", "replace"))[:BODY_LIMIT]
+            verdict = classify(reply.status, reply.headers, reply.body)
+        self.requests[verdict.outcome.value] += 1
+        self._progress = time.monotonic()
+        log.debug(
+            "record %d: %s in %.0f ms", claim.id, verdict.reason, (time.monotonic() - started) * 1e3
+        )
+
+        if verdict.delivered:
+            self.journal.mark_sent(
+                claim.id,
+                reference_id=verdict.reference_id,
+                internal_reference_id=verdict.internal_reference_id,
+                status=verdict.status or 200,
+                body=body_text,
+                already_existed=verdict.outcome is Outcome.ALREADY_DELIVERED,
+            )
+            if verdict.outcome is Outcome.ALREADY_DELIVERED:
+                log.info("record %d: controller already had it (%s)", claim.id, verdict.reason)
+            self._on_success()
+        elif verdict.outcome is Outcome.REJECTED:
+            self.journal.mark_dead(
+                claim.id, status=verdict.status, error=verdict.reason, body=body_text
+            )
+            log.warning("record %d rejected by the controller: %s", claim.id, verdict.reason)
+            self._on_reachable()
+        else:
+            self.journal.record_failure(
+                claim.id,
+                status=verdict.status,
+                error=verdict.reason,
+                body=body_text,
+                unknown=verdict.unknown,
+            )
+            if verdict.outcome is Outcome.PAUSED:
+                self._on_paused(verdict)
+            else:
+                self._on_unreachable(verdict)
+        return verdict
+
+    def _wait_out_pause(self) -> bool:
+        with self._cond:
+            while not self._stop.is_set():
+                left = self._paused_until - time.monotonic()
+                if left <= 0:
+                    return True
+                self._cond.wait(left)
+        return False
+
+    def _sleep(self, seconds: float) -> None:
+        with self._cond:
+            gen = self._retry_gen
+            self._cond.wait_for(
+                lambda: self._retry_gen != gen or self._stop.is_set(), timeout=seconds
+            )
+
+    # -- health -----------------------------------------------------------------------------
+
+    def _on_success(self) -> None:
+        now = time.time()
+        previous = self.health.state
+        self.health.last_success = now
+        if previous != "ok":
+            backlog = self.journal.counts()
+            log.warning(
+                "controller back after %s; %d record(s) to send",
+                _duration(now - self.health.since),
+                backlog["pending"],
+            )
+            self._set_health("ok", "")
+            self.retry_now()
+
+    def _on_reachable(self) -> None:
+        if self.health.state != "ok":
+            self._set_health("ok", "")
+            self.retry_now()
+
+    def _on_unreachable(self, verdict: Verdict) -> None:
+        if self.health.state != "unreachable":
+            log.warning("controller unreachable: %s; records are kept and retried", verdict.reason)
+            self._set_health("unreachable", verdict.reason)
+
+    def _on_paused(self, verdict: Verdict) -> None:
+        with self._cond:
+            self._paused_until = max(
+                self._paused_until, time.monotonic() + self.policy.pause_initial_s
+            )
+        if self.health.state != "paused":
+            log.error(
+                "forwarding paused: the controller refused the API token or licence (%s); "
+                "fix the token, then reload (SIGHUP) or wait for the next try",
+                verdict.reason,
+            )
+            self._set_health("paused", verdict.reason)
+
+    def _set_health(self, state: str, reason: str) -> None:
+        self.health.state = state
+        self.health.since = time.time()
+        self.health.reason = reason
+        try:
+            self.journal.set_meta(
+                {
+                    "controller_state": state,
+                    "controller_since": f"{self.health.since:.3f}",
+                    "last_error": reason or None,
+                    "paused": reason if state == "paused" else None,
+                }
+            )
+        except JournalError as exc:
+            log.error("cannot record the controller's state in the journal: %s", exc)
+
+    def _redact(self, text: str) -> str:
+        secret = self._secret_text()
+        return text.replace(secret, "********") if secret else text
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min {secs} s"
+    return f"{secs} s"

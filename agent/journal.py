@@ -1,0 +1,568 @@
+"""The journal: one SQLite file, the durable store-and-forward buffer between drivers and
+the forwarder.
+
+Contract:
+
+* :meth:`Journal.append` commits (WAL, ``synchronous=FULL``) before it returns. Only then
+  may a driver acknowledge the record to the hardware. A repeat of a (station, TXN) already
+  journaled is reported as a duplicate, and is just as safe to acknowledge.
+* Every record has one state: ``pending`` (to send), ``held`` (zone not mapped yet),
+  ``sent`` (the controller has it; its ``reference_id`` is kept), ``rejected`` (invalid at
+  the source: it never became a payload) or ``dead`` (the controller refused it for good).
+* The forwarder :meth:`claim` s a few pending records at a time, sessions still running
+  first, then oldest first, so memory never grows with the backlog. A claim is marked
+  ``in_flight`` on disk: a crash between send and answer is found at the next start and
+  counted as an *unknown outcome*, the one case where the controller may see a duplicate.
+* Bookkeeping after a send (``sent``, ``dead``, attempt counts) is committed with
+  ``synchronous=NORMAL``: losing it to a power cut can only cause a re-send, never a loss,
+  and it spares the flash one fsync per record. The next FULL commit syncs it anyway.
+* Several processes may open the file at once (the service and the CLI); WAL lets
+  ``status`` read while ``run`` writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from agent.errors import JournalError, JournalFullError
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+SQLITE_FULL = 13
+PRUNE_BATCH = 1_000
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    HELD = "held"
+    SENT = "sent"
+    REJECTED = "rejected"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class Appended:
+    id: int
+    duplicate: bool
+    state: State
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One pending record handed to the forwarder; the payload has no token."""
+
+    id: int
+    payload: dict[str, str]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Record:
+    """A journal row as the CLI shows it."""
+
+    id: int
+    station: str
+    txn: str | None
+    source: str
+    state: State
+    raw: bytes
+    fields: dict[str, str]
+    payload: dict[str, str] | None
+    zone_code: str | None
+    received_at: float
+    attempts: int
+    unknown_outcomes: int
+    last_status: int | None
+    last_error: str | None
+    last_body: str | None
+    reference_id: str | None
+    sent_at: float | None
+    already_existed: bool
+
+
+_MIGRATIONS: tuple[str, ...] = (
+    # 0 -> 1
+    """
+    CREATE TABLE records (
+        id                    INTEGER PRIMARY KEY AUTOINCREMENT,
+        station               TEXT    NOT NULL,
+        txn                   TEXT,
+        source                TEXT    NOT NULL,
+        state                 TEXT    NOT NULL
+                              CHECK (state IN ('pending', 'held', 'sent', 'rejected', 'dead')),
+        raw                   BLOB    NOT NULL,
+        fields                TEXT    NOT NULL,
+        payload               TEXT,
+        zone_code             TEXT,
+        ends_at               REAL,
+        received_at           REAL    NOT NULL,
+        updated_at            REAL    NOT NULL,
+        attempts              INTEGER NOT NULL DEFAULT 0,
+        in_flight             INTEGER NOT NULL DEFAULT 0,
+        unknown_outcomes      INTEGER NOT NULL DEFAULT 0,
+        last_status           INTEGER,
+        last_error            TEXT,
+        last_body             TEXT,
+        reference_id          TEXT,
+        internal_reference_id TEXT,
+        sent_at               REAL,
+        already_existed       INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX records_txn ON records (station, txn) WHERE txn IS NOT NULL;
+    CREATE INDEX records_state ON records (state, id);
+    CREATE INDEX records_pending_end ON records (ends_at) WHERE state = 'pending';
+    CREATE INDEX records_sent_at ON records (sent_at) WHERE state = 'sent';
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+)
+
+
+class Journal:
+    """The SQLite journal. Thread-safe: one connection, one lock, short transactions."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"cannot open journal {path}: {exc}") from exc
+        self._synchronous = ""
+        try:
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise JournalError(f"journal {path}: cannot use WAL mode (got {mode!r})")
+            self._set_synchronous("FULL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise JournalError(f"journal {path} is not a usable SQLite database: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every commit that may give the forwarder work."""
+        self._listeners.append(listener)
+
+    def append(
+        self,
+        *,
+        station: str,
+        txn: str | None,
+        source: str,
+        raw: bytes,
+        fields: Mapping[str, str],
+        payload: Mapping[str, str] | None,
+        state: State,
+        zone_code: str | None = None,
+        ends_at: float | None = None,
+        error: str | None = None,
+        payload_for_id: Callable[[int], Mapping[str, str]] | None = None,
+    ) -> Appended:
+        """Store one hardware record durably; return only once it is committed.
+
+        ``payload_for_id`` builds a payload that needs the record's own sequence number
+        (a generated permit number); it runs inside the same transaction.
+        """
+        now = self._clock()
+        with self._write(durable=True) as db:
+            cur = db.execute(
+                """INSERT INTO records (station, txn, source, state, raw, fields, payload,
+                       zone_code, ends_at, received_at, updated_at, last_error)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (station, txn) WHERE txn IS NOT NULL DO NOTHING""",
+                (
+                    station,
+                    txn,
+                    source,
+                    state.value,
+                    raw,
+                    _dump(fields),
+                    _dump(payload) if payload is not None else None,
+                    zone_code,
+                    ends_at,
+                    now,
+                    now,
+                    error,
+                ),
+            )
+            if cur.rowcount == 0:
+                row = db.execute(
+                    "SELECT id, state FROM records WHERE station = ? AND txn = ?", (station, txn)
+                ).fetchone()
+                return Appended(row[0], True, State(row[1]))
+            record_id = int(cur.lastrowid or 0)
+            if payload_for_id is not None:
+                db.execute(
+                    "UPDATE records SET payload = ? WHERE id = ?",
+                    (_dump(payload_for_id(record_id)), record_id),
+                )
+        if state is State.PENDING:
+            self._notify()
+        return Appended(record_id, False, state)
+
+    def recover_in_flight(self) -> int:
+        """At start: claims left by a crash had an unknown outcome; make them pending again."""
+        with self._write(durable=True) as db:
+            cur = db.execute(
+                """UPDATE records SET in_flight = 0, attempts = attempts + 1,
+                       unknown_outcomes = unknown_outcomes + 1
+                   WHERE in_flight = 1"""
+            )
+            return cur.rowcount
+
+    def claim(self, limit: int) -> list[Claim]:
+        """Take up to ``limit`` pending records: sessions still running first, then by age."""
+        now = self._clock()
+        with self._write(durable=False) as db:
+            rows = db.execute(
+                """SELECT id FROM records INDEXED BY records_pending_end
+                   WHERE state = 'pending' AND in_flight = 0 AND ends_at > ?
+                   ORDER BY id LIMIT ?""",
+                (now, limit),
+            ).fetchall()
+            ids = [r[0] for r in rows]
+            if len(ids) < limit:
+                rows = db.execute(
+                    """SELECT id FROM records WHERE state = 'pending' AND in_flight = 0
+                       ORDER BY id LIMIT ?""",
+                    (limit,),
+                ).fetchall()
+                ids += [r[0] for r in rows if r[0] not in ids][: limit - len(ids)]
+            claims = []
+            for record_id in ids:
+                payload, attempts = db.execute(
+                    """UPDATE records SET in_flight = 1, updated_at = ?
+                       WHERE id = ? RETURNING payload, attempts""",
+                    (now, record_id),
+                ).fetchone()
+                claims.append(Claim(record_id, json.loads(payload), attempts))
+            return claims
+
+    def mark_sent(
+        self,
+        record_id: int,
+        *,
+        reference_id: str | None,
+        internal_reference_id: str | None,
+        status: int,
+        body: str,
+        already_existed: bool = False,
+    ) -> None:
+        now = self._clock()
+        with self._write(durable=False) as db:
+            db.execute(
+                """UPDATE records SET state = 'sent', in_flight = 0, attempts = attempts + 1,
+                       sent_at = ?, updated_at = ?,
+                       reference_id = ?, internal_reference_id = ?, last_status = ?,
+                       last_body = ?, already_existed = ?
+                   WHERE id = ?""",
+                (
+                    now,
+                    now,
+                    reference_id,
+                    internal_reference_id,
+                    status,
+                    body,
+                    int(already_existed),
+                    record_id,
+                ),
+            )
+
+    def mark_dead(self, record_id: int, *, status: int | None, error: str, body: str) -> None:
+        now = self._clock()
+        with self._write(durable=False) as db:
+            db.execute(
+                """UPDATE records SET state = 'dead', in_flight = 0, attempts = attempts + 1,
+                       updated_at = ?,
+                       last_status = ?, last_error = ?, last_body = ?
+                   WHERE id = ?""",
+                (now, status, error, body, record_id),
+            )
+
+    def record_failure(
+        self, record_id: int, *, status: int | None, error: str, body: str, unknown: bool
+    ) -> None:
+        """One failed attempt (transient or paused); the record stays claimed for its retry."""
+        now = self._clock()
+        with self._write(durable=False) as db:
+            db.execute(
+                """UPDATE records SET attempts = attempts + 1, updated_at = ?, last_status = ?,
+                       last_error = ?, last_body = ?, unknown_outcomes = unknown_outcomes + ?
+                   WHERE id = ?""",
+                (now, status, error, body, int(unknown), record_id),
+            )
+
+    def release(self, record_id: int) -> None:
+        """Give a claim back unsent (the forwarder is stopping); it stays pending."""
+        with self._write(durable=False) as db:
+            db.execute("UPDATE records SET in_flight = 0 WHERE id = ?", (record_id,))
+
+    def remap(
+        self,
+        states: Sequence[State],
+        mapper: Callable[
+            [dict[str, str], int], tuple[State, dict[str, str] | None, float | None, str | None]
+        ],
+        *,
+        ids: Sequence[int] | None = None,
+        batch: int = 500,
+    ) -> dict[State, int]:
+        """Re-map records in ``states`` with the current rules (zone edits, requeue).
+
+        ``mapper(fields, id)`` returns (new state, payload, ends_at, error). Works in
+        batches so a backlog of any size is never loaded at once.
+        """
+        counts: dict[State, int] = {}
+        last = 0
+        marks = ",".join("?" * len(states))
+        while True:
+            with self._write(durable=True) as db:
+                sql = f"SELECT id, fields FROM records WHERE state IN ({marks}) AND id > ?"
+                params: list[Any] = [s.value for s in states] + [last]
+                if ids is not None:
+                    sql += f" AND id IN ({','.join('?' * len(ids))})"
+                    params += list(ids)
+                rows = db.execute(sql + " ORDER BY id LIMIT ?", [*params, batch]).fetchall()
+                now = self._clock()
+                for record_id, fields in rows:
+                    state, payload, ends_at, error = mapper(json.loads(fields), record_id)
+                    db.execute(
+                        """UPDATE records SET state = ?, payload = ?, ends_at = coalesce(?, ends_at),
+                               last_error = ?, updated_at = ?, in_flight = 0
+                           WHERE id = ?""",
+                        (
+                            state.value,
+                            _dump(payload) if payload is not None else None,
+                            ends_at,
+                            error,
+                            now,
+                            record_id,
+                        ),
+                    )
+                    counts[state] = counts.get(state, 0) + 1
+            if not rows:
+                break
+            last = rows[-1][0]
+        if counts.get(State.PENDING):
+            self._notify()
+        return counts
+
+    def prune_sent(self, older_than: float) -> int:
+        """Delete sent records whose ``sent_at`` is older than ``older_than`` (epoch)."""
+        total = 0
+        while True:
+            with self._write(durable=False) as db:
+                cur = db.execute(
+                    """DELETE FROM records WHERE id IN (
+                           SELECT id FROM records INDEXED BY records_sent_at
+                           WHERE state = 'sent' AND sent_at < ? LIMIT ?)""",
+                    (older_than, PRUNE_BATCH),
+                )
+                total += cur.rowcount
+            if cur.rowcount < PRUNE_BATCH:
+                return total
+
+    def set_meta(self, values: Mapping[str, str | None]) -> None:
+        """Service state that ``status`` in another process shows (last error, pause)."""
+        with self._write(durable=False) as db:
+            for key, value in values.items():
+                if value is None:
+                    db.execute("DELETE FROM meta WHERE key = ?", (key,))
+                else:
+                    db.execute(
+                        "INSERT INTO meta (key, value) VALUES (?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        (key, value),
+                    )
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def meta(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+
+    def counts(self) -> dict[State, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, count(*) FROM records GROUP BY state").fetchall()
+        counts = dict.fromkeys(State, 0)
+        counts.update({State(s): n for s, n in rows})
+        return counts
+
+    def summary(self) -> dict[str, Any]:
+        """The figures ``status`` shows; cheap on a large journal (indexed reads only)."""
+        now = self._clock()
+        with self._lock:
+            db = self._db
+            active = db.execute(
+                "SELECT count(*) FROM records INDEXED BY records_pending_end "
+                "WHERE state = 'pending' AND ends_at > ?",
+                (now,),
+            ).fetchone()[0]
+            oldest = db.execute(
+                "SELECT received_at FROM records WHERE state = 'pending' ORDER BY id LIMIT 1"
+            ).fetchone()
+            last_sent = db.execute(
+                "SELECT max(sent_at) FROM records INDEXED BY records_sent_at WHERE state = 'sent'"
+            ).fetchone()[0]
+            unknown, existed = db.execute(
+                "SELECT coalesce(sum(unknown_outcomes), 0), coalesce(sum(already_existed), 0) "
+                "FROM records WHERE unknown_outcomes > 0 OR already_existed > 0"
+            ).fetchone()
+        return {
+            "active_pending": active,
+            "oldest_pending_s": round(now - oldest[0], 1) if oldest else None,
+            "last_sent_at": last_sent,
+            "unknown_outcomes": unknown,
+            "already_existed": existed,
+        }
+
+    def get(self, record_id: int) -> Record | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM records WHERE id = ?", (record_id,)
+            ).fetchone()
+        return _record(row) if row else None
+
+    def records(
+        self, states: Sequence[State] | None = None, *, batch: int = 1_000
+    ) -> Iterator[Record]:
+        """Every record (in ``states``), oldest first, read in batches."""
+        last = 0
+        where = ""
+        params: list[Any] = []
+        if states:
+            where = f"state IN ({','.join('?' * len(states))}) AND "
+            params = [s.value for s in states]
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT {_RECORD_COLUMNS} FROM records WHERE {where} id > ? ORDER BY id LIMIT ?",
+                    [*params, last, batch],
+                ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield _record(row)
+            last = rows[-1][0]
+
+    def synchronous(self) -> int:
+        """The connection's current ``PRAGMA synchronous`` (2 = FULL), read back from SQLite."""
+        with self._lock:
+            return int(self._db.execute("PRAGMA synchronous").fetchone()[0])
+
+    # -- internals ------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self, *, durable: bool) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._set_synchronous("FULL" if durable else "NORMAL")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:
+                    raise JournalFullError(f"journal {self.path}: disk full") from exc
+                raise JournalError(f"journal {self.path}: {exc}") from exc
+
+    def _set_synchronous(self, level: str) -> None:
+        if self._synchronous != level:
+            self._db.execute(f"PRAGMA synchronous = {level}")
+            self._synchronous = level
+
+    def _migrate(self) -> None:
+        """Bring the schema to SCHEMA_VERSION, one step per transaction.
+
+        The version is read inside the write transaction, so two processes opening a new
+        journal at once do not both run a step.
+        """
+        while True:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise JournalError(
+                        f"journal {self.path} has schema version {version}, newer than this "
+                        f"agent's ({SCHEMA_VERSION}); upgrade the agent"
+                    )
+                if version == SCHEMA_VERSION:
+                    self._db.execute("COMMIT")
+                    return
+                # executescript() would commit mid-step; run the statements one by one
+                for statement in _MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {version + 1}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+
+_RECORD_COLUMNS = (
+    "id, station, txn, source, state, raw, fields, payload, zone_code, received_at, attempts, "
+    "unknown_outcomes, last_status, last_error, last_body, reference_id, sent_at, already_existed"
+)
+
+
+def _record(row: Sequence[Any]) -> Record:
+    return Record(
+        id=row[0],
+        station=row[1],
+        txn=row[2],
+        source=row[3],
+        state=State(row[4]),
+        raw=bytes(row[5]),
+        fields=json.loads(row[6]),
+        payload=json.loads(row[7]) if row[7] else None,
+        zone_code=row[8],
+        received_at=row[9],
+        attempts=row[10],
+        unknown_outcomes=row[11],
+        last_status=row[12],
+        last_error=row[13],
+        last_body=row[14],
+        reference_id=row[15],
+        sent_at=row[16],
+        already_existed=bool(row[17]),
+    )
+
+
+def _dump(value: Mapping[str, str]) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,233 @@
+"""Hardware record → Push API payload, exactly as push-api.md decides.
+
+A driver hands over the fields of one transaction under the reference protocol's names
+(``TXN``, ``PLATE``, ``ZONE``, ``AMT``, ``CUR``, ``START``, ``END`` or ``MIN``, ``PROMO``,
+``TICKET``, and ``PERMIT`` where a device has a permit number distinct from its receipt).
+:func:`map_record` turns them into the payload the controller receives, without the API
+token (inserted at send time), or raises :class:`MappingError` naming the field.
+
+Decisions that matter to a parking operator:
+
+* Times are the device's local wall-clock time in the station's IANA zone, sent as UTC
+  ``%Y-%m-%dT%H:%M:%S``. A local time that does not exist (the spring-forward gap) is read
+  with the offset in force before the gap, i.e. moved forward by the gap's length. A local
+  time that happens twice (the fall-back overlap) is the earlier instant for ``START``; for
+  ``END`` it is the earliest instant that is not before the start, so a session that
+  spans the change keeps its real length.
+* Amounts are exact decimals with two places; a third decimal place is an error, never
+  rounded. Zero means a free session: ``Amount`` (and ``CurrencyID``) are omitted.
+* Plates are trimmed, upper-cased and, unless configured otherwise, stripped of spaces and
+  dashes (LPR cameras compare plates without them).
+* Zones are sent as the OPSCOM zone *name* mapped from the hardware's code. An unmapped code
+  is held (the default), sent raw, or rejected, as ``[zones] unmapped`` says.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from zoneinfo import ZoneInfo
+
+from agent.config import Config, UnmappedPolicy
+from agent.errors import MappingError
+
+WIRE_TIME = "%Y-%m-%dT%H:%M:%S"
+MAX_AMOUNT = Decimal("999999.99")
+MIN_AMOUNT = Decimal("0.01")
+CENT = Decimal("0.01")
+MAX_SESSION = timedelta(days=31)
+
+# Push API limits (push-api.md), by payload key.
+LIMITS = {
+    "LicencePlate": 25,
+    "Amount": 9,
+    "CurrencyID": 10,
+    "startTime": 20,
+    "endTime": 20,
+    "permitNo": 50,
+    "TicketNumber": 50,
+    "zone": 200,
+    "promoCode": 50,
+}
+
+
+@dataclass(frozen=True)
+class MappingRules:
+    """What mapping needs from the config; rebuilt on reload (SIGHUP, zone edits)."""
+
+    timezone: ZoneInfo
+    currency: str
+    zone_map: Mapping[str, str]
+    unmapped: UnmappedPolicy = "hold"
+    keep_plate_separators: bool = False
+
+    @classmethod
+    def from_config(cls, config: Config) -> MappingRules:
+        return cls(
+            timezone=config.agent.timezone,
+            currency=config.controller.currency,
+            zone_map=dict(config.zones.map),
+            unmapped=config.zones.unmapped,
+            keep_plate_separators=config.agent.keep_plate_separators,
+        )
+
+
+@dataclass(frozen=True)
+class Mapped:
+    """A record ready for the journal: its payload, or ``None`` while its zone is unmapped."""
+
+    payload: dict[str, str] | None
+    zone_code: str | None
+    ends_at: float  # UTC epoch seconds: sessions still running are sent first after an outage
+
+    @property
+    def held(self) -> bool:
+        return self.payload is None
+
+
+def map_record(fields: Mapping[str, str], rules: MappingRules) -> Mapped:
+    """Build the Push API payload (without token) from one hardware record's fields."""
+    txn = _text(fields, "TXN", required=True)
+    plate = normalise_plate(_text(fields, "PLATE", required=True), rules.keep_plate_separators)
+    start, end = _session_times(fields, rules.timezone)
+
+    payload: dict[str, str] = {}
+    amount = _amount(fields.get("AMT"))
+    if amount is not None:
+        payload["Amount"] = amount
+        currency = (fields.get("CUR") or rules.currency).strip().upper()
+        if not re.fullmatch(r"[A-Z]{1,10}", currency):
+            raise MappingError("CUR", f"expected a currency code such as CAD, got {currency!r}")
+        payload["CurrencyID"] = currency
+    payload["LicencePlate"] = plate
+
+    zone_code = (fields.get("ZONE") or "").strip() or None
+    if zone_code is not None:
+        zone = rules.zone_map.get(zone_code)
+        if zone is None:
+            if rules.unmapped == "reject":
+                raise MappingError("ZONE", f"zone code {zone_code!r} has no mapping in [zones.map]")
+            if rules.unmapped == "hold":
+                return Mapped(None, zone_code, end.timestamp())
+            zone = zone_code
+        payload["zone"] = _limited("ZONE", zone, LIMITS["zone"])
+
+    payload["permitNo"] = _limited("TXN", (fields.get("PERMIT") or "").strip() or txn, 50)
+    payload["startTime"] = start.strftime(WIRE_TIME)
+    payload["endTime"] = end.strftime(WIRE_TIME)
+    promo = _text(fields, "PROMO")
+    if promo:
+        payload["promoCode"] = _limited("PROMO", promo, LIMITS["promoCode"])
+    ticket = _text(fields, "TICKET")
+    if ticket:
+        payload["TicketNumber"] = _limited("TICKET", ticket, LIMITS["TicketNumber"])
+    return Mapped(payload, zone_code, end.timestamp())
+
+
+def normalise_plate(plate: str, keep_separators: bool = False) -> str:
+    value = plate.strip().upper()
+    if not keep_separators:
+        value = re.sub(r"[\s-]+", "", value)
+    if not value:
+        raise MappingError("PLATE", "empty after removing spaces and dashes")
+    if not value.isprintable():
+        raise MappingError("PLATE", f"contains control characters: {value!r}")
+    return _limited("PLATE", value, LIMITS["LicencePlate"])
+
+
+def to_utc(
+    local: str, zone: ZoneInfo, field: str, *, not_before: datetime | None = None
+) -> datetime:
+    """Read a device timestamp: naive means the station's local time; an offset is honoured."""
+    try:
+        parsed = datetime.fromisoformat(local.strip())
+    except ValueError:
+        raise MappingError(
+            field, f"expected a time like 2018-07-02T05:00:00, got {local!r}"
+        ) from None
+    try:
+        if parsed.tzinfo is not None:
+            return parsed.astimezone(UTC).replace(microsecond=0)
+        parsed = parsed.replace(microsecond=0)
+        first = parsed.replace(tzinfo=zone, fold=0).astimezone(UTC)
+        second = parsed.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise MappingError(field, f"time {local!r} is outside the range that can be sent") from None
+    if first <= second:  # an overlap (or an ordinary time: both equal)
+        if not_before is not None and first < not_before <= second:
+            return second
+        return first
+    # A gap: fold=0 uses the offset before the transition; that instant is the later one.
+    return first
+
+
+def _session_times(fields: Mapping[str, str], zone: ZoneInfo) -> tuple[datetime, datetime]:
+    start = to_utc(_text(fields, "START", required=True), zone, "START")
+    end_text, minutes_text = _text(fields, "END"), _text(fields, "MIN")
+    if end_text:
+        end = to_utc(end_text, zone, "END", not_before=start)
+    elif minutes_text:
+        try:
+            minutes = int(minutes_text)
+        except ValueError:
+            raise MappingError("MIN", f"expected whole minutes, got {minutes_text!r}") from None
+        if minutes <= 0:
+            raise MappingError("MIN", f"expected a positive number of minutes, got {minutes}")
+        try:
+            end = start + timedelta(minutes=minutes)
+        except OverflowError:
+            raise MappingError("MIN", f"{minutes} minutes is out of range") from None
+    else:
+        raise MappingError("END", "missing: the record needs END or MIN")
+    if end <= start:
+        raise MappingError("END", f"ends at or before its start ({end:%Y-%m-%dT%H:%M:%S}Z)")
+    if end - start > MAX_SESSION:
+        raise MappingError(
+            "END", f"a session of {end - start} is longer than {MAX_SESSION.days} days"
+        )
+    if not (start.year >= 2000 and end.year <= 9998):
+        raise MappingError("START", f"year {start.year} is not a plausible sale")
+    return start, end
+
+
+def _amount(text: str | None) -> str | None:
+    """The wire form of an amount, or ``None`` for a free session."""
+    if text is None or not text.strip():
+        return None
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise MappingError(
+            "AMT", f"expected a decimal amount such as 14.50, got {text!r}"
+        ) from None
+    if not value.is_finite():
+        raise MappingError("AMT", f"expected a decimal amount, got {text!r}")
+    if value == 0:
+        return None
+    if value < MIN_AMOUNT or value > MAX_AMOUNT:
+        raise MappingError("AMT", f"{text} is outside 0.01 to 999999.99")
+    if value != value.quantize(CENT):
+        raise MappingError(
+            "AMT", f"{text} has more than two decimal places; amounts are never rounded"
+        )
+    return f"{value.quantize(CENT):f}"
+
+
+def _text(fields: Mapping[str, str], name: str, *, required: bool = False) -> str:
+    value = fields.get(name)
+    if value is None or not str(value).strip():
+        if required:
+            raise MappingError(name, "missing")
+        return ""
+    return str(value).strip()
+
+
+def _limited(field: str, value: str, limit: int) -> str:
+    if len(value) > limit:
+        raise MappingError(field, f"{len(value)} characters is over the limit of {limit}")
+    if not value.isprintable():
+        raise MappingError(field, f"contains control characters: {value!r}")
+    return value

@@ -1,0 +1,231 @@
+"""The service: drivers → intake → journal → forwarder, wired from one Config.
+
+:meth:`Service.start` opens the journal (migrating it), takes the run lock (one service per
+journal), re-maps held records with the current zone map, starts the forwarder and then
+the drivers. :meth:`Service.serve` waits for a stop, runs the periodic chores (retention,
+the watchdog, the systemd status line) and applies reloads. :meth:`Service.stop` stops the
+drivers first (nothing new is acknowledged), then the forwarder, then closes the journal.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+
+from agent.config import Config, Secret, load_config, resolve_token
+from agent.errors import AgentError, JournalError
+from agent.forwarder import Forwarder
+from agent.intake import Intake
+from agent.journal import Journal, State
+from agent.logs import add_secret
+from agent.mapping import MappingRules
+from agent.notify import Notifier
+from agent.retry import RetryPolicy
+from agent.transport import HttpSender, Sender
+from drivers import create_driver
+from drivers.base import Driver, DriverContext
+
+log = logging.getLogger("agent.service")
+PRUNE_EVERY_S = 3600.0
+STATUS_EVERY_S = 10.0
+
+
+class AlreadyRunning(AgentError):
+    pass
+
+
+def lock_path(journal: Path) -> Path:
+    return journal.with_name(journal.name + ".lock")
+
+
+def service_running(journal: Path) -> bool:
+    """True while a ``run`` holds this journal's lock (works from any process)."""
+    try:
+        with open(lock_path(journal), "rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
+        return False
+
+
+class Service:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        environ: Mapping[str, str] = os.environ,
+        sender: Sender | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.environ = environ
+        self.notifier = notifier or Notifier()
+        self.stopping = threading.Event()
+        self._reload = threading.Event()
+        self._wake = threading.Event()
+        self._token: Secret = resolve_token(config.controller, environ)
+        add_secret(self._token.reveal())
+        self._lock_handle: IO[bytes] | None = None
+        self.journal = Journal(config.agent.journal)
+        try:
+            self._take_lock()
+        except BaseException:
+            self.journal.close()
+            raise
+        self.intake = Intake(
+            self.journal, config.agent.station_id, MappingRules.from_config(config)
+        )
+        self.sender = sender or HttpSender(
+            config.controller.url,
+            lambda: self._token,
+            timeout_s=config.controller.timeout_s,
+            max_connections=config.controller.concurrency,
+        )
+        self.forwarder = Forwarder(
+            self.journal,
+            self.sender,
+            concurrency=config.controller.concurrency,
+            policy=RetryPolicy(max_s=config.controller.backoff_max_s),
+            secret_text=lambda: self._token.reveal(),
+        )
+        context = DriverContext(config.agent.station_id, config.agent.timezone)
+        self.drivers: list[Driver] = [
+            create_driver(d.kind, d.name, d.options, self.intake, context) for d in config.drivers
+        ]
+
+    def _take_lock(self) -> None:
+        path = lock_path(self.journal.path)
+        handle = open(path, "ab")  # noqa: SIM115 - held open for the service's lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise AlreadyRunning(
+                f"another paystation-agent run is using the journal {self.journal.path}"
+            ) from None
+        self._lock_handle = handle
+
+    def start(self) -> None:
+        released = self.intake.remap((State.HELD,))
+        if released.get(State.PENDING):
+            log.info(
+                "%d held record(s) released: their zones are mapped now", released[State.PENDING]
+            )
+        self.forwarder.start()
+        for driver in self.drivers:
+            driver.start()
+        self._prune()
+        log.info(
+            "station %s running: %d driver(s), controller %s",
+            self.config.agent.station_id,
+            len(self.drivers),
+            self.config.controller.url,
+        )
+
+    def request_reload(self) -> None:
+        """Safe from a signal handler: serve() does the reload on its own thread."""
+        self._reload.set()
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        self.stopping.set()
+        self._wake.set()
+
+    def serve(self) -> None:
+        """Run until :attr:`stopping` is set: chores, reloads, watchdog."""
+        from agent.status import collect, one_line
+
+        self.notifier.ready(one_line(collect(self.journal)))
+        watchdog_every = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else None
+        next_prune = time.monotonic() + PRUNE_EVERY_S
+        next_status = time.monotonic()
+        while not self.stopping.is_set():
+            tick = min(STATUS_EVERY_S, watchdog_every or STATUS_EVERY_S)
+            self._wake.wait(tick)
+            self._wake.clear()
+            if self.stopping.is_set():
+                break
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            now = time.monotonic()
+            if now >= next_prune:
+                next_prune = now + PRUNE_EVERY_S
+                self._prune()
+            if watchdog_every and self.healthy():
+                self.notifier.watchdog()
+            if self.notifier.enabled and now >= next_status:
+                next_status = now + STATUS_EVERY_S
+                self.notifier.status(one_line(collect(self.journal)))
+
+    def healthy(self) -> bool:
+        """Feed the watchdog only when the pipeline can make progress."""
+        if not self.forwarder.idle_or_progressing:
+            return False
+        try:
+            self.journal.set_meta({"heartbeat": f"{time.time():.0f}"})
+        except JournalError:
+            return False
+        return True
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the zone map and the token; release held records that now map."""
+        source = self.config.source
+        if source is None:
+            return
+        try:
+            config = load_config(source, self.environ)
+            token = resolve_token(config.controller, self.environ)
+        except AgentError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        self.intake.rules = MappingRules.from_config(config)
+        if token != self._token:
+            add_secret(token.reveal())
+            self._token = token
+            log.info("API token changed; retrying now")
+            self.forwarder.retry_now()
+        counts = self.intake.remap((State.HELD,))
+        log.info(
+            "reloaded %s: %d zone mapping(s); %d held record(s) released, %d still held",
+            source,
+            len(config.zones.map),
+            counts.get(State.PENDING, 0),
+            counts.get(State.HELD, 0),
+        )
+
+    def stop(self) -> None:
+        self.notifier.stopping()
+        self.stopping.set()
+        self._wake.set()
+        for driver in self.drivers:
+            driver.stop()
+        self.forwarder.stop()
+        self.journal.close()
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+        log.info("stopped")
+
+    def _prune(self) -> None:
+        cutoff = time.time() - self.config.agent.retention_days * 86400
+        try:
+            pruned = self.journal.prune_sent(cutoff)
+        except JournalError as exc:
+            log.error("retention pruning failed: %s", exc)
+            return
+        if pruned:
+            log.info(
+                "pruned %d sent record(s) older than %d days",
+                pruned,
+                self.config.agent.retention_days,
+            )
