@@ -18,6 +18,7 @@ drain the moment the controller is back. :meth:`Forwarder.stop` interrupts every
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -61,6 +62,7 @@ class Forwarder:
         self.sender = sender
         self.concurrency = concurrency
         self.policy = policy or RetryPolicy()
+        self._wait = self.policy.wait()
         self.requests: Counter[str] = Counter()
         self.health = Health(since=time.time())
         self._secret_text = secret_text
@@ -135,6 +137,11 @@ class Forwarder:
             except JournalError as exc:
                 log.error("journal error while recording a delivery: %s", exc)
                 self._sleep(1.0)
+            except Exception:  # a worker must outlive any bug: the record stays pending
+                log.exception("unexpected error while forwarding record %d", claim.id)
+                self._sleep(1.0)
+                with contextlib.suppress(JournalError):
+                    self.journal.release(claim.id)
 
     def _next_claim(self) -> Claim | None:
         with self._cond:
@@ -156,7 +163,7 @@ class Forwarder:
             retry=tenacity.retry_if_result(
                 lambda v: v is not None and v.outcome in (Outcome.TRANSIENT, Outcome.PAUSED)
             ),
-            wait=self.policy.wait(),
+            wait=self._wait,
             stop=lambda _state: self._stop.is_set(),
             sleep=self._sleep,
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,

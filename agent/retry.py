@@ -34,10 +34,10 @@ class _WaitForVerdict(tenacity.wait.wait_base):
     def __init__(self, policy: RetryPolicy) -> None:
         self.policy = policy
         self.transient = tenacity.wait_exponential_jitter(
-            initial=policy.initial_s, max=policy.max_s, jitter=policy.jitter_s
+            multiplier=policy.initial_s, max=policy.max_s, jitter=policy.jitter_s
         )
         self.paused = tenacity.wait_exponential_jitter(
-            initial=policy.pause_initial_s, max=policy.pause_max_s, jitter=policy.jitter_s
+            multiplier=policy.pause_initial_s, max=policy.pause_max_s, jitter=policy.jitter_s
         )
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
