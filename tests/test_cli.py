@@ -1,0 +1,183 @@
+"""Scenario tests: the real CLI as a subprocess, a real journal file, the emulator on
+loopback. What an installer and a technician see."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.emulator import ControllerEmulator
+from tests.conftest import TOKEN, agent_env, cli, eventually, simulated_driver, start_agent, write_config
+
+
+def journal_states(path: Path) -> dict[str, int]:
+    if not path.exists():
+        return {}
+    db = sqlite3.connect(path, timeout=10)
+    try:
+        return dict(db.execute("SELECT state, count(*) FROM records GROUP BY state").fetchall())
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        db.close()
+
+
+def sent_permits(path: Path) -> set[str]:
+    db = sqlite3.connect(path, timeout=10)
+    try:
+        rows = db.execute("SELECT payload FROM records WHERE state = 'sent'").fetchall()
+    finally:
+        db.close()
+    return {json.loads(p)["permitNo"] for (p,) in rows}
+
+
+def test_run_delivers_status_works_meanwhile_and_sigterm_is_clean(
+    tmp_path: Path, emulator: ControllerEmulator
+) -> None:
+    config = write_config(tmp_path, emulator.url, drivers=simulated_driver(count=30, rate=50))
+    agent = start_agent(config, tmp_path / "agent.log")
+    try:
+        assert emulator.wait_for(30, timeout=30), (tmp_path / "agent.log").read_text()
+        status = cli("status", "--json", "--config", str(config))  # --config after the command
+        assert status.returncode == 0, status.stderr
+        doc = json.loads(status.stdout)
+        for key in ("pending", "held", "sent", "rejected", "dead", "active_pending",
+                    "oldest_pending_s", "last_success", "last_error", "paused"):
+            assert key in doc
+        assert doc["sent"] == 30 and doc["pending"] == 0 and doc["running"] is True
+        human = cli("--config", str(config), "status")  # --config before the command
+        assert "30" in human.stdout and "running" in human.stdout
+        started = time.monotonic()
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(10) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    assert json.loads(cli("status", "--json", "--config", str(config)).stdout)["running"] is False
+
+
+def test_kill_9_mid_drain_loses_nothing(tmp_path: Path, emulator: ControllerEmulator) -> None:
+    emulator.set_fault("slow", delay=0.05)
+    config = write_config(tmp_path, emulator.url, drivers=simulated_driver(count=150, rate=500))
+    journal = tmp_path / "journal.sqlite3"
+    agent = start_agent(config, tmp_path / "agent.log")
+    eventually(lambda: journal_states(journal).get("sent", 0) >= 10, timeout=30, what="drain started")
+    agent.kill()  # SIGKILL, mid-drain
+    agent.wait()
+    before = journal_states(journal)
+    assert before.get("pending", 0) > 0, before
+
+    emulator.clear_fault()
+    # restart with no driver: only the journal's backlog is left to deliver
+    config = write_config(tmp_path, emulator.url)
+    agent = start_agent(config, tmp_path / "agent.log")
+    try:
+        eventually(lambda: journal_states(journal).get("pending", 0) == 0, timeout=30, what="drained")
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(10) == 0
+    after = journal_states(journal)
+    assert sum(after.values()) == sum(before.values())  # nothing journaled disappeared
+    assert after == {"sent": sum(before.values())}
+    received = {a.payload["permitNo"] for a in emulator.accepted}
+    assert sent_permits(journal) == received
+    # a re-send is possible only for requests in flight at the kill, and it was counted
+    duplicates = len(emulator.accepted) - len(received) + emulator.counts()["duplicate"]
+    unknown = json.loads(cli("status", "--json", "--config", str(config)).stdout)["unknown_outcomes"]
+    assert duplicates <= unknown
+
+
+def test_invalid_and_unmapped_records_are_kept_not_sent(tmp_path: Path, emulator: ControllerEmulator) -> None:
+    drivers = simulated_driver(count=40, rate=200, invalid_rate=0.25)
+    config = write_config(tmp_path, emulator.url, drivers=drivers, zones='"1" = "Lot 1"')
+    agent = start_agent(config, tmp_path / "agent.log")
+    journal = tmp_path / "journal.sqlite3"
+    try:
+        eventually(lambda: sum(journal_states(journal).values()) == 40 and
+                   journal_states(journal).get("pending", 0) == 0, what="all journaled")
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(10)
+    states = journal_states(journal)
+    assert states.get("rejected", 0) > 0 and states.get("held", 0) > 0
+    assert states.get("sent", 0) == len(emulator.accepted)
+    assert all(a.payload["zone"] == "Lot 1" for a in emulator.accepted)
+
+
+def test_token_never_appears_in_logs_journal_or_status(tmp_path: Path) -> None:
+    with ControllerEmulator(token="ANOTHER-TOKEN") as emulator:  # refuses ours: auth errors
+        config = write_config(tmp_path, emulator.url, drivers=simulated_driver(count=5))
+        log = tmp_path / "agent.log"
+        agent = start_agent(config, log, env=agent_env())
+        eventually(lambda: "paused" in log.read_text(), what="auth pause logged")
+        emulator.set_fault("error200", error_code=9001)
+        time.sleep(0.5)
+        outputs = [cli(*cmd, "--config", str(config)) for cmd in (["status"], ["status", "--json"],
+                                                                   ["check-config"])]
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(10)
+    status = json.loads(outputs[1].stdout)
+    assert status["paused"] and status["sent"] == 0 and status["dead"] == 0
+    texts = [log.read_text()] + [o.stdout + o.stderr for o in outputs]
+    for text in texts:
+        assert TOKEN not in text
+    for path in tmp_path.glob("journal.sqlite3*"):
+        assert TOKEN.encode() not in path.read_bytes()
+
+
+def test_check_config_names_every_bad_key_and_exits_78(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "http://controller.example.com/push", drivers="""
+[[drivers]]
+kind = "simulated"
+rate = "fast"
+""")
+    text = config.read_text().replace('timezone   = "America/Toronto"', 'timezone = "Mars/Olympus"')
+    config.write_text(text + "\n[extra]\n")
+    result = cli("check-config", "--config", str(config))
+    assert result.returncode == 78
+    assert "agent.timezone" in result.stderr
+    assert "controller.url" in result.stderr
+    assert 'drivers[0].rate: expected a number, got "fast"' in result.stderr
+    assert "extra: unknown key" in result.stderr
+
+
+def test_run_with_a_bad_config_exits_78_before_doing_anything(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[agent]\nstation_id = 'x'\n")
+    result = cli("run", "--config", str(config))
+    assert result.returncode == 78
+    assert "controller" in result.stderr and "agent.timezone" in result.stderr
+    assert not (tmp_path / "journal.sqlite3").exists()
+
+
+def test_check_config_prints_the_resolved_config_without_the_token(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "https://controller.operationscommander.io/api/OC-TOMA/v1/permits/push")
+    result = cli("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert 'station_id = "PS-TEST"' in result.stdout and '"4" = "Lot 4"' in result.stdout
+    assert TOKEN not in result.stdout
+
+
+def test_a_second_run_on_the_same_journal_is_refused(tmp_path: Path, emulator: ControllerEmulator) -> None:
+    config = write_config(tmp_path, emulator.url)
+    agent = start_agent(config, tmp_path / "agent.log")
+    try:
+        eventually(lambda: "running" in (tmp_path / "agent.log").read_text(), what="started")
+        second = cli("run", "--config", str(config))
+        assert second.returncode == 1 and "another paystation-agent run" in second.stderr
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(10)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"]])
+def test_python_dash_m_agent_has_help(argv: list[str]) -> None:
+    result = cli(*argv)
+    assert result.returncode == 0 and "paystation-agent" in result.stdout

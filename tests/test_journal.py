@@ -1,0 +1,139 @@
+"""The journal on a real SQLite file: durability settings, dedupe, states, ordering,
+pruning, schema versioning and several processes at once."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.errors import JournalError
+from agent.journal import SCHEMA_VERSION, Journal, State
+from tests.conftest import ROOT
+
+
+def add(journal: Journal, txn: str | None, *, ends_at: float = 0.0, state: State = State.PENDING) -> int:
+    return journal.append(
+        station="PS-1", txn=txn, source="test", raw=f"TXN={txn}".encode(), fields={"TXN": txn or ""},
+        payload={"permitNo": txn or "x"} if state is State.PENDING else None,
+        state=state, ends_at=ends_at,
+    ).id
+
+
+def test_append_is_durable_wal_full(journal: Journal) -> None:
+    add(journal, "1")
+    assert journal.synchronous() == 2  # FULL, read back from SQLite on the open connection
+    mode = sqlite3.connect(journal.path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_append_is_visible_to_another_connection_at_once(journal: Journal) -> None:
+    add(journal, "1")
+    other = sqlite3.connect(journal.path)
+    assert other.execute("SELECT txn, state FROM records").fetchall() == [("1", "pending")]
+    other.close()
+
+
+def test_duplicate_txn_is_reported_not_stored_twice(journal: Journal) -> None:
+    first = journal.append(station="PS-1", txn="42", source="t", raw=b"a", fields={}, payload={},
+                           state=State.PENDING, ends_at=0)
+    again = journal.append(station="PS-1", txn="42", source="t", raw=b"a", fields={}, payload={},
+                           state=State.PENDING, ends_at=0)
+    other_station = journal.append(station="PS-2", txn="42", source="t", raw=b"a", fields={},
+                                   payload={}, state=State.PENDING, ends_at=0)
+    assert not first.duplicate and again.duplicate and again.id == first.id
+    assert not other_station.duplicate
+    assert journal.counts()[State.PENDING] == 2
+
+
+def test_records_without_txn_are_never_merged(journal: Journal) -> None:
+    add(journal, None, state=State.REJECTED)
+    add(journal, None, state=State.REJECTED)
+    assert journal.counts()[State.REJECTED] == 2
+
+
+def test_claim_orders_running_sessions_first_then_oldest(journal: Journal) -> None:
+    future = time.time() + 3600
+    old = [add(journal, f"old{i}", ends_at=1.0) for i in range(3)]
+    running = [add(journal, f"run{i}", ends_at=future) for i in range(2)]
+    claims = journal.claim(5)
+    assert [c.id for c in claims] == running + old
+    assert journal.claim(5) == []  # all in flight
+
+
+def test_claim_takes_only_what_it_is_asked(journal: Journal) -> None:
+    for i in range(50):
+        add(journal, str(i))
+    assert len(journal.claim(3)) == 3
+
+
+def test_in_flight_after_a_crash_is_counted_as_unknown(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    with Journal(path) as journal:
+        add(journal, "1")
+        assert len(journal.claim(1)) == 1
+    with Journal(path) as journal:
+        assert journal.recover_in_flight() == 1
+        record = journal.get(1)
+        assert record is not None and record.unknown_outcomes == 1 and record.state is State.PENDING
+        assert len(journal.claim(1)) == 1
+
+
+def test_prune_deletes_only_old_sent_records(journal: Journal) -> None:
+    ids = [add(journal, str(i)) for i in range(5)]
+    for record_id in ids[:3]:
+        journal.mark_sent(record_id, reference_id="r", internal_reference_id="r", status=200, body="")
+    add(journal, "dead")
+    journal.mark_dead(6, status=400, error="x", body="")
+    assert journal.prune_sent(time.time() + 1) == 3
+    counts = journal.counts()
+    assert counts[State.SENT] == 0 and counts[State.PENDING] == 2 and counts[State.DEAD] == 1
+    assert journal.prune_sent(time.time() + 1) == 0
+
+
+def test_records_are_read_in_batches_oldest_first(journal: Journal) -> None:
+    for i in range(25):
+        add(journal, str(i))
+    assert [r.txn for r in journal.records(batch=4)] == [str(i) for i in range(25)]
+
+
+def test_schema_is_versioned(journal: Journal) -> None:
+    version = sqlite3.connect(journal.path).execute("PRAGMA user_version").fetchone()[0]
+    assert version == SCHEMA_VERSION
+
+
+def test_a_newer_schema_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(JournalError, match="newer than this agent"):
+        Journal(path)
+
+
+def test_not_a_database_is_a_journal_error(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(JournalError, match="not a usable SQLite database"):
+        Journal(path)
+
+
+def test_several_processes_append_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    script = (
+        "import sys; from pathlib import Path; from agent.journal import Journal, State\n"
+        "j = Journal(Path(sys.argv[1]))\n"
+        "for i in range(200):\n"
+        "    j.append(station='PS', txn=f'{sys.argv[2]}-{i}', source='t', raw=b'', fields={},"
+        " payload={}, state=State.PENDING, ends_at=0)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(path), tag], cwd=ROOT)
+             for tag in ("a", "b", "c")]
+    assert [p.wait(60) for p in procs] == [0, 0, 0]
+    with Journal(path) as journal:
+        assert journal.counts()[State.PENDING] == 600
