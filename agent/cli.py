@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(
         prog="paystation-agent",
-        description="Forward pay-station parking sessions to the OPSCOM Push API, never losing one.",
+        description="Forward pay-station parking sessions to the OPSCOM Push API; lose none.",
         parents=[common],
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -13,6 +13,7 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +39,29 @@ def run_demo(seconds: float = 24.0, rate: float = 8.0, keep: Path | None = None)
 def _demo(workdir: Path, seconds: float, rate: float) -> int:
     out = sys.stdout
     with ControllerEmulator(token=DEMO_TOKEN, zones=ZONES.values()) as emulator:
-        config = parse_config(_demo_config(workdir, emulator.url, seconds, rate),
-                              environ={"PAYSTATION_AGENT_TOKEN": DEMO_TOKEN})
+        config = parse_config(
+            _demo_config(workdir, emulator.url, seconds, rate),
+            environ={"PAYSTATION_AGENT_TOKEN": DEMO_TOKEN},
+        )
         service = Service(config, environ={"PAYSTATION_AGENT_TOKEN": DEMO_TOKEN})
         meter = service.drivers[0]
         print(f"controller emulator  {emulator.url}", file=out)
         print(f"journal              {config.agent.journal}", file=out)
         print(f"simulated meter      {rate:g} sales/s for {seconds:g} s\n", file=out)
-        print(f"{'time':>5}  {'controller':<22} {'sold':>5} {'journaled':>9} {'delivered':>9} "
-              f"{'backlog':>7}", file=out)
+        print(
+            f"{'time':>5}  {'controller':<22} {'sold':>5} {'journaled':>9} {'delivered':>9} "
+            f"{'backlog':>7}",
+            file=out,
+        )
         service.start()
-        phases = [
+
+        def cut_network() -> None:
+            emulator.clear_fault()
+            emulator.go_down()
+
+        phases: list[tuple[float, str, Callable[[], None]]] = [
             (0.25 * seconds, "answering 503", lambda: emulator.set_fault("error", status=503)),
-            (0.35 * seconds, "DOWN (network cut)", lambda: (emulator.clear_fault(), emulator.go_down())),
+            (0.35 * seconds, "DOWN (network cut)", cut_network),
             (0.65 * seconds, "back online", emulator.come_up),
         ]
         phase = "online"
@@ -65,8 +76,12 @@ def _demo(workdir: Path, seconds: float, rate: float) -> int:
                 counts = service.journal.counts()
                 sold = meter.health.frames["ok"]
                 journaled = sum(counts.values())
-                print(f"{elapsed:4.0f}s  {phase:<22} {sold:>5} {journaled:>9} "
-                      f"{counts[State.SENT]:>9} {counts[State.PENDING]:>7}", file=out, flush=True)
+                print(
+                    f"{elapsed:4.0f}s  {phase:<22} {sold:>5} {journaled:>9} "
+                    f"{counts[State.SENT]:>9} {counts[State.PENDING]:>7}",
+                    file=out,
+                    flush=True,
+                )
                 if meter.finished and not phases and counts[State.PENDING] == 0:
                     break
                 time.sleep(1.0)
@@ -103,8 +118,10 @@ def _reconcile(service: Service, emulator: ControllerEmulator, sold: int) -> int
         ("received by the controller (distinct permits)", len(set(received))),
         ("  sent twice: outcome unknown at the time", summary["unknown_outcomes"]),
         ("  controller already had it (9022)", summary["already_existed"]),
-        ("still pending / held / dead", f"{counts[State.PENDING]} / {counts[State.HELD]} / "
-                                        f"{counts[State.DEAD]}"),
+        (
+            "still pending / held / dead",
+            f"{counts[State.PENDING]} / {counts[State.HELD]} / {counts[State.DEAD]}",
+        ),
         ("LOST", lost + len(undelivered)),
     ]
     print("\nreconciliation", file=sys.stdout)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import tenacity
 
 from agent.errors import JournalError
-from agent.journal import Claim, Journal
+from agent.journal import Claim, Journal, State
 from agent.outcome import Outcome, Verdict, classify, classify_failure
 from agent.retry import RetryPolicy
 from agent.transport import Sender
@@ -250,7 +250,7 @@ class Forwarder:
             log.warning(
                 "controller back after %s; %d record(s) to send",
                 _duration(now - self.health.since),
-                backlog["pending"],
+                backlog[State.PENDING],
             )
             self._set_health("ok", "")
             self.retry_now()

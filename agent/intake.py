@@ -35,10 +35,7 @@ class Intake:
                 mapped = map_record(record.fields, self.rules)
             except MappingError as exc:
                 error = str(exc)
-        if mapped is None:
-            state = State.REJECTED
-        else:
-            state = State.HELD if mapped.held else State.PENDING
+        state = State.REJECTED if mapped is None else State.HELD if mapped.held else State.PENDING
         try:
             appended = self.journal.append(
                 station=self.station_id,

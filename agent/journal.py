@@ -353,7 +353,8 @@ class Journal:
                 for record_id, fields in rows:
                     state, payload, ends_at, error = mapper(json.loads(fields), record_id)
                     db.execute(
-                        """UPDATE records SET state = ?, payload = ?, ends_at = coalesce(?, ends_at),
+                        """UPDATE records SET state = ?, payload = ?,
+                               ends_at = coalesce(?, ends_at),
                                last_error = ?, updated_at = ?, in_flight = 0
                            WHERE id = ?""",
                         (
@@ -462,7 +463,8 @@ class Journal:
         while True:
             with self._lock:
                 rows = self._db.execute(
-                    f"SELECT {_RECORD_COLUMNS} FROM records WHERE {where} id > ? ORDER BY id LIMIT ?",
+                    f"SELECT {_RECORD_COLUMNS} FROM records "
+                    f"WHERE {where} id > ? ORDER BY id LIMIT ?",
                     [*params, last, batch],
                 ).fetchall()
             if not rows:

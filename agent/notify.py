@@ -6,6 +6,7 @@ no-op, so the service runs the same under systemd, in a terminal and in tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -27,11 +28,10 @@ class Notifier:
     def send(self, *lines: str) -> None:
         if not self.address:
             return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            try:
-                sock.sendto("\n".join(lines).encode(), self.address)
-            except OSError:
-                pass  # systemd gone or not listening: nothing useful to do about it
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        # systemd gone or not listening: nothing useful to do about it
+        with sock, contextlib.suppress(OSError):
+            sock.sendto("\n".join(lines).encode(), self.address)
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}")

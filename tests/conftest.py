@@ -52,7 +52,7 @@ def write_config(
 [agent]
 station_id = "PS-TEST"
 timezone   = "America/Toronto"
-journal    = "{directory / 'journal.sqlite3'}"
+journal    = "{directory / "journal.sqlite3"}"
 
 [controller]
 url        = "{url}"
@@ -72,7 +72,9 @@ unmapped = "{unmapped}"   # hold | send | reject
     return config
 
 
-def simulated_driver(count: int, rate: float = 200.0, invalid_rate: float = 0.0, seed: int = 7) -> str:
+def simulated_driver(
+    count: int, rate: float = 200.0, invalid_rate: float = 0.0, seed: int = 7
+) -> str:
     return f"""
 [[drivers]]
 kind = "simulated"
@@ -85,7 +87,11 @@ invalid_rate = {invalid_rate}
 
 
 def agent_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PAYSTATION_", "NOTIFY_", "JOURNAL_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PAYSTATION_", "NOTIFY_", "JOURNAL_"))
+    }
     env.pop("CREDENTIALS_DIRECTORY", None)
     env.pop("STATE_DIRECTORY", None)
     env["PYTHONUNBUFFERED"] = "1"
@@ -93,7 +99,9 @@ def agent_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     """Run the real CLI as a subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "agent", *args],
@@ -105,7 +113,9 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> s
     )
 
 
-def start_agent(config: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_agent(
+    config: Path, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "agent", "run", "--config", str(config)],

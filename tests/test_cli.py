@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from agent.emulator import ControllerEmulator
-from tests.conftest import TOKEN, agent_env, cli, eventually, simulated_driver, start_agent, write_config
+from tests.conftest import (
+    TOKEN,
+    agent_env,
+    cli,
+    eventually,
+    simulated_driver,
+    start_agent,
+    write_config,
+)
 
 
 def journal_states(path: Path) -> dict[str, int]:
@@ -46,8 +54,18 @@ def test_run_delivers_status_works_meanwhile_and_sigterm_is_clean(
         status = cli("status", "--json", "--config", str(config))  # --config after the command
         assert status.returncode == 0, status.stderr
         doc = json.loads(status.stdout)
-        for key in ("pending", "held", "sent", "rejected", "dead", "active_pending",
-                    "oldest_pending_s", "last_success", "last_error", "paused"):
+        for key in (
+            "pending",
+            "held",
+            "sent",
+            "rejected",
+            "dead",
+            "active_pending",
+            "oldest_pending_s",
+            "last_success",
+            "last_error",
+            "paused",
+        ):
             assert key in doc
         assert doc["sent"] == 30 and doc["pending"] == 0 and doc["running"] is True
         human = cli("--config", str(config), "status")  # --config before the command
@@ -68,7 +86,9 @@ def test_kill_9_mid_drain_loses_nothing(tmp_path: Path, emulator: ControllerEmul
     config = write_config(tmp_path, emulator.url, drivers=simulated_driver(count=150, rate=500))
     journal = tmp_path / "journal.sqlite3"
     agent = start_agent(config, tmp_path / "agent.log")
-    eventually(lambda: journal_states(journal).get("sent", 0) >= 10, timeout=30, what="drain started")
+    eventually(
+        lambda: journal_states(journal).get("sent", 0) >= 10, timeout=30, what="drain started"
+    )
     agent.kill()  # SIGKILL, mid-drain
     agent.wait()
     before = journal_states(journal)
@@ -79,7 +99,9 @@ def test_kill_9_mid_drain_loses_nothing(tmp_path: Path, emulator: ControllerEmul
     config = write_config(tmp_path, emulator.url)
     agent = start_agent(config, tmp_path / "agent.log")
     try:
-        eventually(lambda: journal_states(journal).get("pending", 0) == 0, timeout=30, what="drained")
+        eventually(
+            lambda: journal_states(journal).get("pending", 0) == 0, timeout=30, what="drained"
+        )
     finally:
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(10) == 0
@@ -90,18 +112,27 @@ def test_kill_9_mid_drain_loses_nothing(tmp_path: Path, emulator: ControllerEmul
     assert sent_permits(journal) == received
     # a re-send is possible only for requests in flight at the kill, and it was counted
     duplicates = len(emulator.accepted) - len(received) + emulator.counts()["duplicate"]
-    unknown = json.loads(cli("status", "--json", "--config", str(config)).stdout)["unknown_outcomes"]
+    unknown = json.loads(cli("status", "--json", "--config", str(config)).stdout)[
+        "unknown_outcomes"
+    ]
     assert duplicates <= unknown
 
 
-def test_invalid_and_unmapped_records_are_kept_not_sent(tmp_path: Path, emulator: ControllerEmulator) -> None:
+def test_invalid_and_unmapped_records_are_kept_not_sent(
+    tmp_path: Path, emulator: ControllerEmulator
+) -> None:
     drivers = simulated_driver(count=40, rate=200, invalid_rate=0.25)
     config = write_config(tmp_path, emulator.url, drivers=drivers, zones='"1" = "Lot 1"')
     agent = start_agent(config, tmp_path / "agent.log")
     journal = tmp_path / "journal.sqlite3"
     try:
-        eventually(lambda: sum(journal_states(journal).values()) == 40 and
-                   journal_states(journal).get("pending", 0) == 0, what="all journaled")
+        eventually(
+            lambda: (
+                sum(journal_states(journal).values()) == 40
+                and journal_states(journal).get("pending", 0) == 0
+            ),
+            what="all journaled",
+        )
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(10)
@@ -119,8 +150,10 @@ def test_token_never_appears_in_logs_journal_or_status(tmp_path: Path) -> None:
         eventually(lambda: "paused" in log.read_text(), what="auth pause logged")
         emulator.set_fault("error200", error_code=9001)
         time.sleep(0.5)
-        outputs = [cli(*cmd, "--config", str(config)) for cmd in (["status"], ["status", "--json"],
-                                                                   ["check-config"])]
+        outputs = [
+            cli(*cmd, "--config", str(config))
+            for cmd in (["status"], ["status", "--json"], ["check-config"])
+        ]
         agent.send_signal(signal.SIGTERM)
         agent.wait(10)
     status = json.loads(outputs[1].stdout)
@@ -133,11 +166,15 @@ def test_token_never_appears_in_logs_journal_or_status(tmp_path: Path) -> None:
 
 
 def test_check_config_names_every_bad_key_and_exits_78(tmp_path: Path) -> None:
-    config = write_config(tmp_path, "http://controller.example.com/push", drivers="""
+    config = write_config(
+        tmp_path,
+        "http://controller.example.com/push",
+        drivers="""
 [[drivers]]
 kind = "simulated"
 rate = "fast"
-""")
+""",
+    )
     text = config.read_text().replace('timezone   = "America/Toronto"', 'timezone = "Mars/Olympus"')
     config.write_text(text + "\n[extra]\n")
     result = cli("check-config", "--config", str(config))
@@ -158,14 +195,18 @@ def test_run_with_a_bad_config_exits_78_before_doing_anything(tmp_path: Path) ->
 
 
 def test_check_config_prints_the_resolved_config_without_the_token(tmp_path: Path) -> None:
-    config = write_config(tmp_path, "https://controller.operationscommander.io/api/OC-TOMA/v1/permits/push")
+    config = write_config(
+        tmp_path, "https://controller.operationscommander.io/api/OC-TOMA/v1/permits/push"
+    )
     result = cli("check-config", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert 'station_id = "PS-TEST"' in result.stdout and '"4" = "Lot 4"' in result.stdout
     assert TOKEN not in result.stdout
 
 
-def test_a_second_run_on_the_same_journal_is_refused(tmp_path: Path, emulator: ControllerEmulator) -> None:
+def test_a_second_run_on_the_same_journal_is_refused(
+    tmp_path: Path, emulator: ControllerEmulator
+) -> None:
     config = write_config(tmp_path, emulator.url)
     agent = start_agent(config, tmp_path / "agent.log")
     try:

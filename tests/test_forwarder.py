@@ -29,24 +29,45 @@ FAST = RetryPolicy(initial_s=0.01, max_s=0.05, jitter_s=0.01, pause_initial_s=0.
 
 
 class Pipeline:
-    def __init__(self, journal: Journal, emulator: ControllerEmulator, *, concurrency: int = 2,
-                 timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        emulator: ControllerEmulator,
+        *,
+        concurrency: int = 2,
+        timeout_s: float = 5.0,
+    ) -> None:
         self.journal = journal
         self.emulator = emulator
         self.token = Secret(TOKEN)
         self.intake = Intake(journal, "PS-TEST", MappingRules(TZ, "CAD", {"4": "Lot 4"}))
         self.sender = HttpSender(emulator.url, lambda: self.token, timeout_s=timeout_s)
-        self.forwarder = Forwarder(journal, self.sender, concurrency=concurrency, policy=FAST,
-                                   secret_text=lambda: self.token.reveal())
+        self.forwarder = Forwarder(
+            journal,
+            self.sender,
+            concurrency=concurrency,
+            policy=FAST,
+            secret_text=lambda: self.token.reveal(),
+        )
         self.seq = 0
 
     def sale(self, *, minutes_ago: int = 0, length: int = 60, **extra: str) -> int:
         self.seq += 1
-        start = datetime.now(TZ).replace(tzinfo=None, microsecond=0) - timedelta(minutes=minutes_ago)
-        fields = {"TXN": f"T{self.seq:05d}", "PLATE": f"ABC{self.seq:04d}", "ZONE": "4",
-                  "AMT": "3.50", "START": start.isoformat(),
-                  "END": (start + timedelta(minutes=length)).isoformat(), **extra}
-        assert self.intake.submit(HardwareRecord(format_kv(fields), fields, "test")) is Receipt.STORED
+        start = datetime.now(TZ).replace(tzinfo=None, microsecond=0) - timedelta(
+            minutes=minutes_ago
+        )
+        fields = {
+            "TXN": f"T{self.seq:05d}",
+            "PLATE": f"ABC{self.seq:04d}",
+            "ZONE": "4",
+            "AMT": "3.50",
+            "START": start.isoformat(),
+            "END": (start + timedelta(minutes=length)).isoformat(),
+            **extra,
+        }
+        assert (
+            self.intake.submit(HardwareRecord(format_kv(fields), fields, "test")) is Receipt.STORED
+        )
         return self.seq
 
     def state_of(self, record_id: int) -> State:
@@ -108,7 +129,9 @@ def test_reset_before_storing_is_retried_and_delivered_once(pipe: Pipeline) -> N
     assert len(pipe.emulator.accepted) == 1
 
 
-def test_timeout_is_an_unknown_outcome_then_delivered(journal: Journal, emulator: ControllerEmulator) -> None:
+def test_timeout_is_an_unknown_outcome_then_delivered(
+    journal: Journal, emulator: ControllerEmulator
+) -> None:
     p = Pipeline(journal, emulator, timeout_s=0.5)
     emulator.set_fault("slow", count=1, delay=1.5)
     p.forwarder.start()
@@ -176,10 +199,19 @@ def test_rejected_record_goes_dead_and_does_not_block_the_queue(
 def test_http_400_from_controller_validation_is_dead(pipe: Pipeline) -> None:
     # A payload the controller refuses (a 26-character plate) slipped into the journal.
     appended = pipe.journal.append(
-        station="PS-TEST", txn="BAD", source="test", raw=b"", fields={},
-        payload={"LicencePlate": "X" * 26, "permitNo": "BAD", "startTime": "2026-01-01T10:00:00",
-                 "endTime": "2026-01-01T11:00:00"},
-        state=State.PENDING, ends_at=0.0,
+        station="PS-TEST",
+        txn="BAD",
+        source="test",
+        raw=b"",
+        fields={},
+        payload={
+            "LicencePlate": "X" * 26,
+            "permitNo": "BAD",
+            "startTime": "2026-01-01T10:00:00",
+            "endTime": "2026-01-01T11:00:00",
+        },
+        state=State.PENDING,
+        ends_at=0.0,
     )
     pipe.forwarder.start()
     eventually(lambda: pipe.state_of(appended.id) is State.DEAD, what="dead")
@@ -211,7 +243,9 @@ def test_auth_pause_resumes_by_itself_after_backoff(pipe: Pipeline) -> None:
     eventually(lambda: pipe.state_of(rid) is State.SENT, what="sent after pause")
 
 
-def test_after_an_outage_running_sessions_go_first(journal: Journal, emulator: ControllerEmulator) -> None:
+def test_after_an_outage_running_sessions_go_first(
+    journal: Journal, emulator: ControllerEmulator
+) -> None:
     p = Pipeline(journal, emulator, concurrency=1)
     emulator.go_down()
     finished = [p.sale(minutes_ago=180, length=60) for _ in range(3)]

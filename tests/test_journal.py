@@ -16,11 +16,18 @@ from agent.journal import SCHEMA_VERSION, Journal, State
 from tests.conftest import ROOT
 
 
-def add(journal: Journal, txn: str | None, *, ends_at: float = 0.0, state: State = State.PENDING) -> int:
+def add(
+    journal: Journal, txn: str | None, *, ends_at: float = 0.0, state: State = State.PENDING
+) -> int:
     return journal.append(
-        station="PS-1", txn=txn, source="test", raw=f"TXN={txn}".encode(), fields={"TXN": txn or ""},
+        station="PS-1",
+        txn=txn,
+        source="test",
+        raw=f"TXN={txn}".encode(),
+        fields={"TXN": txn or ""},
         payload={"permitNo": txn or "x"} if state is State.PENDING else None,
-        state=state, ends_at=ends_at,
+        state=state,
+        ends_at=ends_at,
     ).id
 
 
@@ -39,12 +46,36 @@ def test_append_is_visible_to_another_connection_at_once(journal: Journal) -> No
 
 
 def test_duplicate_txn_is_reported_not_stored_twice(journal: Journal) -> None:
-    first = journal.append(station="PS-1", txn="42", source="t", raw=b"a", fields={}, payload={},
-                           state=State.PENDING, ends_at=0)
-    again = journal.append(station="PS-1", txn="42", source="t", raw=b"a", fields={}, payload={},
-                           state=State.PENDING, ends_at=0)
-    other_station = journal.append(station="PS-2", txn="42", source="t", raw=b"a", fields={},
-                                   payload={}, state=State.PENDING, ends_at=0)
+    first = journal.append(
+        station="PS-1",
+        txn="42",
+        source="t",
+        raw=b"a",
+        fields={},
+        payload={},
+        state=State.PENDING,
+        ends_at=0,
+    )
+    again = journal.append(
+        station="PS-1",
+        txn="42",
+        source="t",
+        raw=b"a",
+        fields={},
+        payload={},
+        state=State.PENDING,
+        ends_at=0,
+    )
+    other_station = journal.append(
+        station="PS-2",
+        txn="42",
+        source="t",
+        raw=b"a",
+        fields={},
+        payload={},
+        state=State.PENDING,
+        ends_at=0,
+    )
     assert not first.duplicate and again.duplicate and again.id == first.id
     assert not other_station.duplicate
     assert journal.counts()[State.PENDING] == 2
@@ -86,7 +117,9 @@ def test_in_flight_after_a_crash_is_counted_as_unknown(tmp_path: Path) -> None:
 def test_prune_deletes_only_old_sent_records(journal: Journal) -> None:
     ids = [add(journal, str(i)) for i in range(5)]
     for record_id in ids[:3]:
-        journal.mark_sent(record_id, reference_id="r", internal_reference_id="r", status=200, body="")
+        journal.mark_sent(
+            record_id, reference_id="r", internal_reference_id="r", status=200, body=""
+        )
     add(journal, "dead")
     journal.mark_dead(6, status=400, error="x", body="")
     assert journal.prune_sent(time.time() + 1) == 3
@@ -132,8 +165,10 @@ def test_several_processes_append_at_once(tmp_path: Path) -> None:
         "    j.append(station='PS', txn=f'{sys.argv[2]}-{i}', source='t', raw=b'', fields={},"
         " payload={}, state=State.PENDING, ends_at=0)\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(path), tag], cwd=ROOT)
-             for tag in ("a", "b", "c")]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(path), tag], cwd=ROOT)
+        for tag in ("a", "b", "c")
+    ]
     assert [p.wait(60) for p in procs] == [0, 0, 0]
     with Journal(path) as journal:
         assert journal.counts()[State.PENDING] == 600
