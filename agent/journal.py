@@ -152,6 +152,9 @@ class Journal:
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise JournalError(f"journal {path} is not a usable SQLite database: {exc}") from exc
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         with self._lock:

@@ -222,3 +222,65 @@ def test_a_second_run_on_the_same_journal_is_refused(
 def test_python_dash_m_agent_has_help(argv: list[str]) -> None:
     result = cli(*argv)
     assert result.returncode == 0 and "paystation-agent" in result.stdout
+
+
+def test_sighup_releases_held_records_once_their_zone_is_mapped(
+    tmp_path: Path, emulator: ControllerEmulator
+) -> None:
+    config = write_config(tmp_path, emulator.url, drivers=simulated_driver(count=20), zones="")
+    journal = tmp_path / "journal.sqlite3"
+    agent = start_agent(config, tmp_path / "agent.log")
+    try:
+        eventually(lambda: journal_states(journal).get("held", 0) == 20, what="all held")
+        assert emulator.accepted == []
+        text = config.read_text().replace(
+            "[zones.map]",
+            '[zones.map]\n"1" = "Lot 1"\n"2" = "Lot 2"\n"3" = "Lot 3"\n"4" = "Lot 4 - North"',
+        )
+        config.write_text(text)
+        agent.send_signal(signal.SIGHUP)
+        assert emulator.wait_for(20, timeout=20), (tmp_path / "agent.log").read_text()
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(10) == 0
+    assert journal_states(journal) == {"sent": 20}
+    assert {a.payload["zone"] for a in emulator.accepted} <= {
+        "Lot 1",
+        "Lot 2",
+        "Lot 3",
+        "Lot 4 - North",
+    }
+
+
+def test_sd_notify_ready_status_and_stopping(tmp_path: Path, emulator: ControllerEmulator) -> None:
+    import socket
+
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(15)
+    try:
+        config = write_config(tmp_path, emulator.url)
+        env = agent_env(NOTIFY_SOCKET=address, WATCHDOG_USEC="1000000")
+        agent = start_agent(config, tmp_path / "agent.log", env=env)
+        messages: list[str] = []
+        try:
+            while not any("WATCHDOG=1" in m for m in messages):
+                messages.append(sock.recv(4096).decode())
+            assert "READY=1" in messages[0] and "STATUS=" in messages[0]
+            agent.send_signal(signal.SIGTERM)
+            while not any("STOPPING=1" in m for m in messages):
+                messages.append(sock.recv(4096).decode())
+        finally:
+            if agent.poll() is None:
+                agent.send_signal(signal.SIGTERM)
+            assert agent.wait(10) == 0
+    finally:
+        sock.close()
+
+
+def test_demo_runs_end_to_end_and_reconciles() -> None:
+    result = cli("demo", "--seconds", "6", "--rate", "5", timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "nothing lost" in result.stdout
+    assert "LOST" in result.stdout and "DOWN" in result.stdout
