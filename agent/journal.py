@@ -23,6 +23,7 @@ Contract:
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -35,6 +36,7 @@ from typing import Any
 
 from agent.errors import JournalError, JournalFullError
 
+log = logging.getLogger("agent.journal")
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
 SQLITE_FULL = 13
@@ -185,46 +187,54 @@ class Journal:
         zone_code: str | None = None,
         ends_at: float | None = None,
         error: str | None = None,
-        payload_for_id: Callable[[int], Mapping[str, str]] | None = None,
     ) -> Appended:
         """Store one hardware record durably; return only once it is committed.
 
-        ``payload_for_id`` builds a payload that needs the record's own sequence number
-        (a generated permit number); it runs inside the same transaction.
+        A repeat of a journaled (station, TXN) with the same fields is a resend: reported as
+        a duplicate, not stored again. The same TXN with *different* fields is a device
+        that reused a receipt number (a counter reset): that is a new sale, stored under
+        ``TXN~2`` (``~3``…) and logged, never dropped.
         """
         now = self._clock()
+        fields_json = _dump(fields)
         with self._write(durable=True) as db:
-            cur = db.execute(
-                """INSERT INTO records (station, txn, source, state, raw, fields, payload,
-                       zone_code, ends_at, received_at, updated_at, last_error)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                   ON CONFLICT (station, txn) WHERE txn IS NOT NULL DO NOTHING""",
-                (
-                    station,
-                    txn,
-                    source,
-                    state.value,
-                    raw,
-                    _dump(fields),
-                    _dump(payload) if payload is not None else None,
-                    zone_code,
-                    ends_at,
-                    now,
-                    now,
-                    error,
-                ),
-            )
-            if cur.rowcount == 0:
-                row = db.execute(
-                    "SELECT id, state FROM records WHERE station = ? AND txn = ?", (station, txn)
-                ).fetchone()
-                return Appended(row[0], True, State(row[1]))
-            record_id = int(cur.lastrowid or 0)
-            if payload_for_id is not None:
-                db.execute(
-                    "UPDATE records SET payload = ? WHERE id = ?",
-                    (_dump(payload_for_id(record_id)), record_id),
+            for variant in _txn_variants(txn):
+                cur = db.execute(
+                    """INSERT INTO records (station, txn, source, state, raw, fields, payload,
+                           zone_code, ends_at, received_at, updated_at, last_error)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       ON CONFLICT (station, txn) WHERE txn IS NOT NULL DO NOTHING""",
+                    (
+                        station,
+                        variant,
+                        source,
+                        state.value,
+                        raw,
+                        fields_json,
+                        _dump(payload) if payload is not None else None,
+                        zone_code,
+                        ends_at,
+                        now,
+                        now,
+                        error,
+                    ),
                 )
+                if cur.rowcount:
+                    if variant != txn:
+                        log.warning(
+                            "station %s reused TXN %s for a different sale; stored as %s",
+                            station,
+                            txn,
+                            variant,
+                        )
+                    record_id = int(cur.lastrowid or 0)
+                    break
+                row = db.execute(
+                    "SELECT id, state, fields FROM records WHERE station = ? AND txn = ?",
+                    (station, variant),
+                ).fetchone()
+                if json.loads(row[2]) == dict(fields):
+                    return Appended(row[0], True, State(row[1]))
         if state is State.PENDING:
             self._notify()
         return Appended(record_id, False, state)
@@ -567,6 +577,15 @@ def _record(row: Sequence[Any]) -> Record:
         sent_at=row[16],
         already_existed=bool(row[17]),
     )
+
+
+def _txn_variants(txn: str | None) -> Iterator[str | None]:
+    yield txn
+    if txn is not None:
+        n = 2
+        while True:
+            yield f"{txn}~{n}"
+            n += 1
 
 
 def _dump(value: Mapping[str, str]) -> str:

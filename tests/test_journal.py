@@ -172,3 +172,25 @@ def test_several_processes_append_at_once(tmp_path: Path) -> None:
     assert [p.wait(60) for p in procs] == [0, 0, 0]
     with Journal(path) as journal:
         assert journal.counts()[State.PENDING] == 600
+
+
+def test_a_reused_txn_with_different_content_is_a_new_sale(journal: Journal) -> None:
+    def sale(plate: str) -> tuple[int, bool]:
+        result = journal.append(
+            station="PS-1",
+            txn="000123",
+            source="t",
+            raw=plate.encode(),
+            fields={"TXN": "000123", "PLATE": plate},
+            payload={"p": plate},
+            state=State.PENDING,
+            ends_at=0,
+        )
+        return result.id, result.duplicate
+
+    first, _ = sale("AAA111")
+    assert sale("AAA111") == (first, True)  # a resend
+    second, dup = sale("BBB222")  # the meter's counter was reset: another customer
+    assert not dup and second != first
+    assert sale("BBB222") == (second, True)
+    assert [r.txn for r in journal.records()] == ["000123", "000123~2"]
