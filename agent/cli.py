@@ -90,8 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     emulator.add_argument(
         "--fault",
-        choices=["error", "throttle", "slow", "reset", "auth", "error200"],
-        help="start with this fault on",
+        metavar="KIND[:N]",
+        help="start with this fault on, for N requests or until cleared: "
+        "error, throttle, slow, reset, auth, error200",
     )
     emulator.add_argument("-v", "--verbose", action="store_true", help="log every request")
     emulator.set_defaults(handler=cmd_emulator)

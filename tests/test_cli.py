@@ -284,3 +284,54 @@ def test_demo_runs_end_to_end_and_reconciles() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "nothing lost" in result.stdout
     assert "LOST" in result.stdout and "DOWN" in result.stdout
+
+
+def test_emulator_command_serves_with_a_fault_and_stops_on_sigterm() -> None:
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "emulator",
+            "--port",
+            "0",
+            "--token",
+            "VENDOR-1",
+            "--fault",
+            "throttle:1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=agent_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/permits/push")
+        body = {
+            "apiToken": "VENDOR-1",
+            "LicencePlate": "PL8RDR",
+            "permitNo": "1",
+            "startTime": "2018-07-02T09:00:00",
+            "endTime": "2018-07-02T09:30:00",
+        }
+        with httpx.Client() as client:
+            throttled = client.post(url, json=body)
+            assert throttled.status_code == 429 and throttled.headers["Retry-After"]
+            accepted = client.post(url, json=body)
+            assert accepted.status_code == 200 and accepted.json()["status"] == "success"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
