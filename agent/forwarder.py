@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import tenacity
 
 from agent.errors import JournalError
-from agent.journal import Claim, Journal, State
+from agent.journal import Attempt, Claim, Journal, State
 from agent.outcome import Outcome, Verdict, classify, classify_failure
 from agent.retry import RetryPolicy
 from agent.transport import Sender
@@ -191,36 +191,34 @@ class Forwarder:
             "record %d: %s in %.0f ms", claim.id, verdict.reason, (time.monotonic() - started) * 1e3
         )
 
-        if verdict.delivered:
-            self.journal.mark_sent(
-                claim.id,
+        state = State.SENT if verdict.delivered else None
+        if verdict.outcome is Outcome.REJECTED:
+            state = State.DEAD
+        self.journal.record_attempt(
+            claim.id,
+            Attempt(
+                outcome=verdict.outcome.value,
+                state=state,
+                status=verdict.status,
+                error=None if verdict.delivered else verdict.reason,
+                body=body_text,
                 reference_id=verdict.reference_id,
                 internal_reference_id=verdict.internal_reference_id,
-                status=verdict.status or 200,
-                body=body_text,
                 already_existed=verdict.outcome is Outcome.ALREADY_DELIVERED,
-            )
+                unknown=verdict.unknown,
+            ),
+        )
+        if verdict.delivered:
             if verdict.outcome is Outcome.ALREADY_DELIVERED:
                 log.info("record %d: controller already had it (%s)", claim.id, verdict.reason)
             self._on_success()
         elif verdict.outcome is Outcome.REJECTED:
-            self.journal.mark_dead(
-                claim.id, status=verdict.status, error=verdict.reason, body=body_text
-            )
             log.warning("record %d rejected by the controller: %s", claim.id, verdict.reason)
             self._on_reachable()
+        elif verdict.outcome is Outcome.PAUSED:
+            self._on_paused(verdict)
         else:
-            self.journal.record_failure(
-                claim.id,
-                status=verdict.status,
-                error=verdict.reason,
-                body=body_text,
-                unknown=verdict.unknown,
-            )
-            if verdict.outcome is Outcome.PAUSED:
-                self._on_paused(verdict)
-            else:
-                self._on_unreachable(verdict)
+            self._on_unreachable(verdict)
         return verdict
 
     def _wait_out_pause(self) -> bool:

@@ -37,7 +37,7 @@ from typing import Any
 from agent.errors import JournalError, JournalFullError
 
 log = logging.getLogger("agent.journal")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
 SQLITE_FULL = 13
 PRUNE_BATCH = 1_000
@@ -65,6 +65,30 @@ class Claim:
     id: int
     payload: dict[str, str]
     attempts: int
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The result of one send, as the forwarder read it."""
+
+    outcome: str  # delivered, already_delivered, rejected, paused, transient
+    state: State | None  # SENT, DEAD, or None: still pending, to be retried
+    status: int | None
+    error: str | None
+    body: str
+    reference_id: str | None = None
+    internal_reference_id: str | None = None
+    already_existed: bool = False
+    unknown: bool = False
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    at: float
+    outcome: str
+    status: int | None
+    error: str | None
+    body: str
 
 
 @dataclass(frozen=True)
@@ -124,6 +148,19 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX records_pending_end ON records (ends_at) WHERE state = 'pending';
     CREATE INDEX records_sent_at ON records (sent_at) WHERE state = 'sent';
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+    # 1 -> 2: every attempt's answer (for dead-letter inspection); zone codes by state
+    """
+    CREATE TABLE attempts (
+        record_id INTEGER NOT NULL,
+        at        REAL    NOT NULL,
+        outcome   TEXT    NOT NULL,
+        status    INTEGER,
+        error     TEXT,
+        body      TEXT    NOT NULL DEFAULT ''
+    );
+    CREATE INDEX attempts_record ON attempts (record_id, at);
+    CREATE INDEX records_zone ON records (zone_code, state);
     """,
 )
 
@@ -277,58 +314,50 @@ class Journal:
                 claims.append(Claim(record_id, json.loads(payload), attempts))
             return claims
 
-    def mark_sent(
+    def record_attempt(
         self,
         record_id: int,
-        *,
-        reference_id: str | None,
-        internal_reference_id: str | None,
-        status: int,
-        body: str,
-        already_existed: bool = False,
+        attempt: Attempt,
     ) -> None:
+        """Record one send's result: the record becomes ``sent`` or ``dead``, or stays
+        claimed (``attempt.state is None``) for its next retry. Every attempt is kept in
+        the ``attempts`` table, in the same transaction, for ``dead show``."""
         now = self._clock()
+        state = attempt.state.value if attempt.state is not None else None
         with self._write(durable=False) as db:
             db.execute(
-                """UPDATE records SET state = 'sent', in_flight = 0, attempts = attempts + 1,
-                       sent_at = ?, updated_at = ?,
-                       reference_id = ?, internal_reference_id = ?, last_status = ?,
-                       last_body = ?, already_existed = ?
+                """UPDATE records SET
+                       state = coalesce(?, state),
+                       in_flight = CASE WHEN ? IS NULL THEN in_flight ELSE 0 END,
+                       attempts = attempts + 1,
+                       updated_at = ?,
+                       sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END,
+                       reference_id = coalesce(?, reference_id),
+                       internal_reference_id = coalesce(?, internal_reference_id),
+                       already_existed = max(already_existed, ?),
+                       unknown_outcomes = unknown_outcomes + ?,
+                       last_status = ?, last_error = ?, last_body = ?
                    WHERE id = ?""",
                 (
+                    state,
+                    state,
                     now,
+                    state,
                     now,
-                    reference_id,
-                    internal_reference_id,
-                    status,
-                    body,
-                    int(already_existed),
+                    attempt.reference_id,
+                    attempt.internal_reference_id,
+                    int(attempt.already_existed),
+                    int(attempt.unknown),
+                    attempt.status,
+                    attempt.error,
+                    attempt.body,
                     record_id,
                 ),
             )
-
-    def mark_dead(self, record_id: int, *, status: int | None, error: str, body: str) -> None:
-        now = self._clock()
-        with self._write(durable=False) as db:
             db.execute(
-                """UPDATE records SET state = 'dead', in_flight = 0, attempts = attempts + 1,
-                       updated_at = ?,
-                       last_status = ?, last_error = ?, last_body = ?
-                   WHERE id = ?""",
-                (now, status, error, body, record_id),
-            )
-
-    def record_failure(
-        self, record_id: int, *, status: int | None, error: str, body: str, unknown: bool
-    ) -> None:
-        """One failed attempt (transient or paused); the record stays claimed for its retry."""
-        now = self._clock()
-        with self._write(durable=False) as db:
-            db.execute(
-                """UPDATE records SET attempts = attempts + 1, updated_at = ?, last_status = ?,
-                       last_error = ?, last_body = ?, unknown_outcomes = unknown_outcomes + ?
-                   WHERE id = ?""",
-                (now, status, error, body, int(unknown), record_id),
+                """INSERT INTO attempts (record_id, at, outcome, status, error, body)
+                   VALUES (?, ?, ?, ?, ?, ?)""",
+                (record_id, now, attempt.outcome, attempt.status, attempt.error, attempt.body),
             )
 
     def release(self, record_id: int) -> None:
@@ -388,18 +417,24 @@ class Journal:
         return counts
 
     def prune_sent(self, older_than: float) -> int:
-        """Delete sent records whose ``sent_at`` is older than ``older_than`` (epoch)."""
+        """Delete sent records whose ``sent_at`` is older than ``older_than`` (epoch),
+        with their attempts, in small batches so the service never waits long for it."""
         total = 0
         while True:
             with self._write(durable=False) as db:
-                cur = db.execute(
-                    """DELETE FROM records WHERE id IN (
-                           SELECT id FROM records INDEXED BY records_sent_at
-                           WHERE state = 'sent' AND sent_at < ? LIMIT ?)""",
-                    (older_than, PRUNE_BATCH),
-                )
-                total += cur.rowcount
-            if cur.rowcount < PRUNE_BATCH:
+                ids = [
+                    row[0]
+                    for row in db.execute(
+                        """SELECT id FROM records INDEXED BY records_sent_at
+                           WHERE state = 'sent' AND sent_at < ? LIMIT ?""",
+                        (older_than, PRUNE_BATCH),
+                    )
+                ]
+                marks = ",".join("?" * len(ids))
+                db.execute(f"DELETE FROM attempts WHERE record_id IN ({marks})", ids)
+                db.execute(f"DELETE FROM records WHERE id IN ({marks})", ids)
+                total += len(ids)
+            if len(ids) < PRUNE_BATCH:
                 return total
 
     def set_meta(self, values: Mapping[str, str | None]) -> None:
@@ -462,6 +497,15 @@ class Journal:
                 f"SELECT {_RECORD_COLUMNS} FROM records WHERE id = ?", (record_id,)
             ).fetchone()
         return _record(row) if row else None
+
+    def attempts(self, record_id: int) -> list[AttemptRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, outcome, status, error, body FROM attempts WHERE record_id = ? "
+                "ORDER BY at",
+                (record_id,),
+            ).fetchall()
+        return [AttemptRow(*row) for row in rows]
 
     def records(
         self, states: Sequence[State] | None = None, *, batch: int = 1_000

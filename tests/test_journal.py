@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import JournalError
-from agent.journal import SCHEMA_VERSION, Journal, State
+from agent.journal import SCHEMA_VERSION, Attempt, Journal, State
 from tests.conftest import ROOT
 
 
@@ -117,15 +117,14 @@ def test_in_flight_after_a_crash_is_counted_as_unknown(tmp_path: Path) -> None:
 def test_prune_deletes_only_old_sent_records(journal: Journal) -> None:
     ids = [add(journal, str(i)) for i in range(5)]
     for record_id in ids[:3]:
-        journal.mark_sent(
-            record_id, reference_id="r", internal_reference_id="r", status=200, body=""
-        )
+        journal.record_attempt(record_id, Attempt("delivered", State.SENT, 200, None, "{}", "r"))
     add(journal, "dead")
-    journal.mark_dead(6, status=400, error="x", body="")
+    journal.record_attempt(6, Attempt("rejected", State.DEAD, 400, "HTTP 400", ""))
     assert journal.prune_sent(time.time() + 1) == 3
     counts = journal.counts()
     assert counts[State.SENT] == 0 and counts[State.PENDING] == 2 and counts[State.DEAD] == 1
     assert journal.prune_sent(time.time() + 1) == 0
+    assert journal.attempts(ids[0]) == [] and len(journal.attempts(6)) == 1
 
 
 def test_records_are_read_in_batches_oldest_first(journal: Journal) -> None:
@@ -194,3 +193,25 @@ def test_a_reused_txn_with_different_content_is_a_new_sale(journal: Journal) -> 
     assert not dup and second != first
     assert sale("BBB222") == (second, True)
     assert [r.txn for r in journal.records()] == ["000123", "000123~2"]
+
+
+def test_a_version_1_journal_is_migrated_with_its_records(tmp_path: Path) -> None:
+    from agent.journal import _MIGRATIONS
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(_MIGRATIONS[0])
+    db.execute(
+        "INSERT INTO records (station, txn, source, state, raw, fields, payload, ends_at, "
+        "received_at, updated_at) VALUES ('PS', '1', 't', 'pending', x'00', '{}', '{}', 0, 1, 1)"
+    )
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with Journal(path) as journal:
+        assert journal.counts()[State.PENDING] == 1
+        [claim] = journal.claim(1)
+        journal.record_attempt(claim.id, Attempt("rejected", State.DEAD, 400, "HTTP 400", "no"))
+        assert [a.status for a in journal.attempts(claim.id)] == [400]
+    version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
+    assert version == SCHEMA_VERSION == 2
