@@ -11,13 +11,21 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from agent import logs
-from agent.config import Config, default_config_path, load_config, resolve_token
+from agent.config import (
+    Config,
+    config_warnings,
+    default_config_path,
+    load_config,
+    resolve_token,
+)
 from agent.errors import EXIT_CONFIG, AgentError, ConfigError, ConfigErrors
+from agent.fieldwork import add_commands as add_technician_commands
 
 log = logging.getLogger("agent.cli")
 
@@ -70,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
         "status", parents=[common], help="journal counts, backlog, last success and error"
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--watch", type=float, nargs="?", const=2.0, metavar="SECONDS", help="refresh in place"
+    )
     status.set_defaults(handler=cmd_status)
 
     check = sub.add_parser(
@@ -106,6 +117,48 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=8.0, help="sales per second (default 8)")
     demo.add_argument("--keep", type=Path, help="keep the demo's journal in this directory")
     demo.set_defaults(handler=cmd_demo)
+
+    simulate = sub.add_parser(
+        "simulate",
+        parents=[common],
+        help="be a meter: send simulated sales in the reference serial protocol to a port",
+    )
+    simulate.add_argument(
+        "--port", required=True, help="the meter's end of the line: a device path or pyserial URL"
+    )
+    simulate.add_argument("--baudrate", type=int, default=9600, help="default 9600")
+    simulate.add_argument("--rate", type=float, default=1.0, help="sales per second (default 1)")
+    simulate.add_argument(
+        "--count", type=int, default=0, help="stop after this many sales (default 0: until ^C)"
+    )
+    simulate.add_argument("--seed", type=int, help="repeatable sales and line faults")
+    simulate.add_argument(
+        "--noise", type=float, default=0.0, help="probability of line noise before a frame"
+    )
+    simulate.add_argument(
+        "--corrupt",
+        type=float,
+        default=0.0,
+        help="probability a sale is first sent once with a flipped bit (the agent must NAK it)",
+    )
+    simulate.add_argument(
+        "--invalid-rate", type=float, default=0.0, help="share of sales a real meter gets wrong"
+    )
+    simulate.add_argument(
+        "--answer-timeout",
+        type=float,
+        default=2.0,
+        help="seconds to wait for ACK/NAK before resending (default 2)",
+    )
+    simulate.add_argument(
+        "--timezone", help="the meter's clock zone (default: the config's, else UTC)"
+    )
+    simulate.add_argument(
+        "--acked-file", type=Path, help="append every ACKed TXN to this file, one per line"
+    )
+    simulate.set_defaults(handler=cmd_simulate)
+
+    add_technician_commands(sub, common, _config)
     return parser
 
 
@@ -149,14 +202,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         return 1
     with Journal(config.agent.journal) as journal:
-        status = collect(journal)
-    print(json.dumps(status, indent=2) if args.json else render(status))
-    return 0
+        while True:
+            status = collect(journal, config.controller.currency)
+            text = json.dumps(status, indent=2) if args.json else render(status)
+            if not args.watch:
+                print(text)
+                return 0
+            # home the cursor and clear: the table refreshes in place
+            print("\033[H\033[2J" + text, flush=True)
+            time.sleep(args.watch)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config(args)
     resolve_token(config.controller)  # raises a ConfigError naming the source if unreadable
+    warnings = config_warnings(config)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"# {config.source}: OK (token found, not shown)")
     print(_render_config(config))
     return 0
@@ -182,6 +244,7 @@ def _render_config(config: Config) -> str:
         "",
         "[zones]",
         f"unmapped = {json.dumps(config.zones.unmapped)}",
+        f"known = {_toml_value(list(config.zones.known))}",
         "[zones.map]",
         *(f"{json.dumps(code)} = {json.dumps(name)}" for code, name in config.zones.map.items()),
     ]
@@ -222,6 +285,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo import run_demo
 
     return run_demo(seconds=args.seconds, rate=args.rate, keep=args.keep)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import threading
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from drivers.meter import MeterSettings, run_meter
+
+    zone_name = args.timezone
+    if zone_name is None:
+        has_config = getattr(args, "config", None) is not None
+        zone_name = str(_config(args).agent.timezone) if has_config else "UTC"
+    try:
+        timezone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise AgentError(f"--timezone: not an IANA time zone: {zone_name!r}") from None
+    settings = MeterSettings(
+        port=args.port,
+        baudrate=args.baudrate,
+        rate=args.rate,
+        count=args.count,
+        seed=args.seed,
+        noise=args.noise,
+        corrupt=args.corrupt,
+        invalid_rate=args.invalid_rate,
+        answer_timeout_s=args.answer_timeout,
+        timezone=timezone,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return run_meter(settings, stop, args.acked_file)
 
 
 if __name__ == "__main__":  # pragma: no cover

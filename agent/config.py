@@ -85,6 +85,7 @@ class ControllerSettings:
 class ZoneSettings:
     unmapped: UnmappedPolicy = "hold"
     map: Mapping[str, str] = field(default_factory=dict)
+    known: tuple[str, ...] = ()  # this site's OPSCOM zone names; empty = not checked
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ def parse_config(
     backoff_max = v.number(ctl_t, "controller", "backoff_max_s", 300.0, low=1.0, high=3600.0)
 
     zones_t = v.table("zones", data.get("zones"), required=False)
-    v.known_keys("zones", zones_t, {"unmapped", "map"})
+    v.known_keys("zones", zones_t, {"unmapped", "map", "known"})
     unmapped = v.get(zones_t, "zones", "unmapped", str, default="hold")
     if unmapped not in UNMAPPED_POLICIES:
         v.error("zones.unmapped", f'expected one of "hold", "send", "reject", got {unmapped!r}')
@@ -202,12 +203,19 @@ def parse_config(
     zone_map: dict[str, str] = {}
     for code, name in v.table("zones.map", zones_t.get("map"), required=False).items():
         key = f"zones.map.{_quote_key(code)}"
-        if not isinstance(name, str):
+        if code != code.strip() or not code:
+            v.error(key, "a zone code must not be empty or start or end with spaces")
+        elif not isinstance(name, str):
             v.error(key, f"expected an OPSCOM zone name (a string), got {_show(name)}")
-        elif not name.strip() or len(name) > 200 or any(ord(c) < 32 for c in name):
+        elif not name.strip() or len(name) > 200 or not name.isprintable():
             v.error(key, "expected a zone name of 1-200 printable characters, exactly as in OPSCOM")
         else:
             zone_map[code] = name
+
+    known = v.get(zones_t, "zones", "known", list, default=[])
+    if not all(isinstance(name, str) and name for name in known):
+        v.error("zones.known", "expected an array of OPSCOM zone names (strings)")
+        known = []
 
     drivers: list[DriverSettings] = []
     raw_drivers = data.get("drivers", [])
@@ -251,7 +259,7 @@ def parse_config(
     return Config(
         agent=AgentSettings(station_id, timezone, journal, retention, keep_sep),
         controller=controller,
-        zones=ZoneSettings(unmapped, zone_map),  # type: ignore[arg-type]
+        zones=ZoneSettings(unmapped, zone_map, tuple(known)),  # type: ignore[arg-type]
         drivers=tuple(drivers),
         source=source,
     )
@@ -260,6 +268,10 @@ def parse_config(
 def check_url(url: str) -> str | None:
     """HTTPS anywhere; plain http only to a loopback address (the emulator, tests)."""
     parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        return f"the port in {url!r} is not a valid port number (1-65535)"
     if parts.scheme == "https" and parts.hostname:
         return None
     if parts.scheme == "http" and parts.hostname:
@@ -390,7 +402,7 @@ class _Validator:
 
 def option_reader(prefix: str, options: Mapping[str, Any], known: set[str]) -> _OptionReader:
     """A validator for one driver's options, used by the drivers' own parsers."""
-    return _OptionReader(prefix, options, known)
+    return _OptionReader(prefix, options, known | {"kind", "name"})
 
 
 class _OptionReader(_Validator):
@@ -439,7 +451,40 @@ def _quote_key(key: str) -> str:
 
 
 def _did_you_mean(key: str, known: set[str]) -> str:
+    return suggest(key, sorted(known))
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Problems that do not stop the agent but that a technician should fix."""
+    warnings = []
+    if config.zones.known:
+        for code, name in config.zones.map.items():
+            if name not in config.zones.known:
+                hint = suggest(name, config.zones.known)
+                warnings.append(
+                    f"zones.map.{_quote_key(code)}: {name!r} is not in zones.known{hint}; "
+                    "OPSCOM will file these permits as disconnected records"
+                )
+    token_file = config.controller.token_file
+    if token_file is not None:
+        try:
+            mode = token_file.stat().st_mode
+        except OSError:
+            mode = 0
+        if mode & 0o077:
+            warnings.append(
+                f"controller.token_file: {token_file} is readable by other users "
+                f"(mode {mode & 0o777:o}); run: chmod 600 {token_file}"
+            )
+    return warnings
+
+
+def suggest(name: str, candidates: tuple[str, ...] | list[str]) -> str:
+    """A "did you mean" hint for a zone name or key, or an empty string."""
     import difflib
 
-    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    folded = {c.casefold(): c for c in candidates}
+    if name.casefold() in folded:
+        return f" (did you mean {folded[name.casefold()]!r}? names are case-sensitive)"
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""

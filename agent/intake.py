@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from agent.errors import JournalError, JournalFullError, MappingError
 from agent.journal import Journal, State
@@ -75,7 +76,12 @@ class Intake:
             )
         return Receipt.STORED
 
-    def remap(self, states: tuple[State, ...], ids: list[int] | None = None) -> dict[State, int]:
+    def remap(
+        self,
+        states: tuple[State, ...],
+        ids: list[int] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[State, int]:
         """Re-map stored records with the current rules: releases held records whose zone
         now maps, and repairs requeued ones. Returns how many ended in each state."""
 
@@ -90,7 +96,7 @@ class Intake:
                 return State.HELD, None, mapped.ends_at, None
             return State.PENDING, mapped.payload, mapped.ends_at, None
 
-        return self.journal.remap(states, mapper, ids=ids)
+        return self.journal.remap(states, mapper, ids=ids, progress=progress)
 
     def _refuse(self, message: str) -> None:
         if not self._refusing.is_set():

@@ -374,6 +374,7 @@ class Journal:
         *,
         ids: Sequence[int] | None = None,
         batch: int = 500,
+        progress: Callable[[int], None] | None = None,
     ) -> dict[State, int]:
         """Re-map records in ``states`` with the current rules (zone edits, requeue).
 
@@ -412,6 +413,8 @@ class Journal:
             if not rows:
                 break
             last = rows[-1][0]
+            if progress is not None:
+                progress(sum(counts.values()))
         if counts.get(State.PENDING):
             self._notify()
         return counts
@@ -497,6 +500,38 @@ class Journal:
                 f"SELECT {_RECORD_COLUMNS} FROM records WHERE id = ?", (record_id,)
             ).fetchone()
         return _record(row) if row else None
+
+    def zone_codes(self) -> list[tuple[str, int, float | None, int]]:
+        """(zone code, held records, oldest held ``received_at``, all records) per code."""
+        with self._lock:
+            return self._db.execute(
+                """SELECT zone_code, sum(state = 'held'),
+                          min(CASE WHEN state = 'held' THEN received_at END), count(*)
+                   FROM records INDEXED BY records_zone
+                   WHERE zone_code IS NOT NULL GROUP BY zone_code ORDER BY zone_code"""
+            ).fetchall()
+
+    def unsent_amounts(self) -> list[tuple[str | None, int]]:
+        """(currency, cents) not yet at the controller: pending payloads and held records.
+
+        Summed as integer cents, never as floats. Held records have no payload yet, so
+        their hardware fields are read; a ``None`` currency means the config's default.
+        """
+        with self._lock:
+            return self._db.execute(
+                """SELECT currency, sum(cents) FROM (
+                       SELECT json_extract(payload, '$.CurrencyID') AS currency,
+                              CAST(round(json_extract(payload, '$.Amount') * 100) AS INTEGER)
+                                  AS cents
+                       FROM records WHERE state = 'pending'
+                         AND json_extract(payload, '$.Amount') IS NOT NULL
+                       UNION ALL
+                       SELECT nullif(upper(trim(json_extract(fields, '$.CUR'))), ''),
+                              CAST(round(json_extract(fields, '$.AMT') * 100) AS INTEGER)
+                       FROM records WHERE state = 'held'
+                         AND json_extract(fields, '$.AMT') IS NOT NULL)
+                   GROUP BY currency ORDER BY currency"""
+            ).fetchall()
 
     def attempts(self, record_id: int) -> list[AttemptRow]:
         with self._lock:

@@ -89,8 +89,12 @@ class Mapped:
 
 
 def map_record(fields: Mapping[str, str], rules: MappingRules) -> Mapped:
-    """Build the Push API payload (without token) from one hardware record's fields."""
-    txn = _text(fields, "TXN", required=True)
+    """Build the Push API payload (without token) from one hardware record's fields.
+
+    Every field is validated before the zone decides whether the record is held, so a held
+    record is one that only needs a zone mapping, never one that will fail afterwards.
+    """
+    _text(fields, "TXN", required=True)  # the dedupe key; the permit number unless PERMIT
     plate = normalise_plate(_text(fields, "PLATE", required=True), rules.keep_plate_separators)
     start, end = _session_times(fields, rules.timezone)
 
@@ -98,24 +102,14 @@ def map_record(fields: Mapping[str, str], rules: MappingRules) -> Mapped:
     amount = _amount(fields.get("AMT"))
     if amount is not None:
         payload["Amount"] = amount
-        currency = (fields.get("CUR") or rules.currency).strip().upper()
+        currency = _text(fields, "CUR").upper() or rules.currency
         if not re.fullmatch(r"[A-Z]{1,10}", currency):
             raise MappingError("CUR", f"expected a currency code such as CAD, got {currency!r}")
         payload["CurrencyID"] = currency
     payload["LicencePlate"] = plate
-
-    zone_code = (fields.get("ZONE") or "").strip() or None
-    if zone_code is not None:
-        zone = rules.zone_map.get(zone_code)
-        if zone is None:
-            if rules.unmapped == "reject":
-                raise MappingError("ZONE", f"zone code {zone_code!r} has no mapping in [zones.map]")
-            if rules.unmapped == "hold":
-                return Mapped(None, zone_code, end.timestamp())
-            zone = zone_code
-        payload["zone"] = _limited("ZONE", zone, LIMITS["zone"])
-
-    payload["permitNo"] = _limited("TXN", (fields.get("PERMIT") or "").strip() or txn, 50)
+    zone_at = len(payload)
+    permit_field = "PERMIT" if _text(fields, "PERMIT") else "TXN"
+    payload["permitNo"] = _limited(permit_field, _text(fields, permit_field), LIMITS["permitNo"])
     payload["startTime"] = start.strftime(WIRE_TIME)
     payload["endTime"] = end.strftime(WIRE_TIME)
     promo = _text(fields, "PROMO")
@@ -124,17 +118,31 @@ def map_record(fields: Mapping[str, str], rules: MappingRules) -> Mapped:
     ticket = _text(fields, "TICKET")
     if ticket:
         payload["TicketNumber"] = _limited("TICKET", ticket, LIMITS["TicketNumber"])
-    return Mapped(payload, zone_code, end.timestamp())
+
+    zone_code = _text(fields, "ZONE") or None
+    if zone_code is None:
+        return Mapped(payload, None, end.timestamp())
+    zone = rules.zone_map.get(zone_code)
+    if zone is None:
+        if rules.unmapped == "reject":
+            raise MappingError("ZONE", f"zone code {zone_code!r} has no mapping in [zones.map]")
+        if rules.unmapped == "hold":
+            return Mapped(None, zone_code, end.timestamp())
+        zone = zone_code
+    # the vendor's key order: the zone comes right after the plate
+    items = list(payload.items())
+    items.insert(zone_at, ("zone", _limited("ZONE", zone, LIMITS["zone"])))
+    return Mapped(dict(items), zone_code, end.timestamp())
 
 
 def normalise_plate(plate: str, keep_separators: bool = False) -> str:
-    value = plate.strip().upper()
-    if not keep_separators:
-        value = re.sub(r"[\s-]+", "", value)
-    if not value:
-        raise MappingError("PLATE", "empty after removing spaces and dashes")
+    value = plate.strip(" ").upper()
     if not value.isprintable():
         raise MappingError("PLATE", f"contains control characters: {value!r}")
+    if not keep_separators:
+        value = re.sub(r"[ -]+", "", value)
+    if not value:
+        raise MappingError("PLATE", "empty after removing spaces and dashes")
     return _limited("PLATE", value, LIMITS["LicencePlate"])
 
 
@@ -186,7 +194,8 @@ def _session_times(fields: Mapping[str, str], zone: ZoneInfo) -> tuple[datetime,
         raise MappingError("END", f"ends at or before its start ({end:%Y-%m-%dT%H:%M:%S}Z)")
     if end - start > MAX_SESSION:
         raise MappingError(
-            "END", f"a session of {end - start} is longer than {MAX_SESSION.days} days"
+            "END" if end_text else "MIN",
+            f"a session of {end - start} is longer than {MAX_SESSION.days} days",
         )
     if not (start.year >= 2000 and end.year <= 9998):
         raise MappingError("START", f"year {start.year} is not a plausible sale")

@@ -10,8 +10,10 @@ drivers first (nothing new is acknowledged), then the forwarder, then closes the
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Mapping
@@ -34,6 +36,7 @@ from drivers.base import Driver, DriverContext
 log = logging.getLogger("agent.service")
 PRUNE_EVERY_S = 3600.0
 STATUS_EVERY_S = 10.0
+HEALTH_EVERY_S = 2.0
 
 
 class AlreadyRunning(AgentError):
@@ -58,6 +61,28 @@ def service_running(journal: Path) -> bool:
         return False
 
 
+def service_pid(journal: Path) -> int | None:
+    """The PID of the ``run`` holding this journal, or None when none is running."""
+    if not service_running(journal):
+        return None
+    try:
+        return int(lock_path(journal).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def signal_reload(journal: Path) -> bool:
+    """Ask a running service to reload (SIGHUP); False when no service is running."""
+    pid = service_pid(journal)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 class Service:
     def __init__(
         self,
@@ -73,6 +98,7 @@ class Service:
         self.stopping = threading.Event()
         self._reload = threading.Event()
         self._wake = threading.Event()
+        self._published_drivers = ""
         self._token: Secret = resolve_token(config.controller, environ)
         add_secret(self._token.reveal())
         self._lock_handle: IO[bytes] | None = None
@@ -113,6 +139,9 @@ class Service:
             raise AlreadyRunning(
                 f"another paystation-agent run is using the journal {self.journal.path}"
             ) from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n".encode())
+        handle.flush()
         self._lock_handle = handle
 
     def start(self) -> None:
@@ -145,13 +174,13 @@ class Service:
         """Run until :attr:`stopping` is set: chores, reloads, watchdog."""
         from agent.status import collect, one_line
 
-        self.notifier.ready(one_line(collect(self.journal)))
+        self._publish_drivers()
+        self.notifier.ready(one_line(collect(self.journal, self.config.controller.currency)))
         watchdog_every = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else None
         next_prune = time.monotonic() + PRUNE_EVERY_S
         next_status = time.monotonic()
         while not self.stopping.is_set():
-            tick = min(STATUS_EVERY_S, watchdog_every or STATUS_EVERY_S)
-            self._wake.wait(tick)
+            self._wake.wait(min(HEALTH_EVERY_S, watchdog_every or HEALTH_EVERY_S))
             self._wake.clear()
             if self.stopping.is_set():
                 break
@@ -162,11 +191,34 @@ class Service:
             if now >= next_prune:
                 next_prune = now + PRUNE_EVERY_S
                 self._prune()
+            self._publish_drivers()
             if watchdog_every and self.healthy():
                 self.notifier.watchdog()
             if self.notifier.enabled and now >= next_status:
                 next_status = now + STATUS_EVERY_S
-                self.notifier.status(one_line(collect(self.journal)))
+                currency = self.config.controller.currency
+                self.notifier.status(one_line(collect(self.journal, currency)))
+
+    def _publish_drivers(self) -> None:
+        """Each port's health, for ``status`` in another process; written only on change."""
+        health = {
+            d.name: {
+                "kind": d.kind,
+                "connected": d.health.connected,
+                "last_frame_at": d.health.last_frame_at,
+                "frames": dict(d.health.frames),
+                "detail": d.health.detail,
+            }
+            for d in self.drivers
+        }
+        text = json.dumps(health, sort_keys=True)
+        if text != self._published_drivers:
+            try:
+                self.journal.set_meta({"drivers": text})
+            except JournalError as exc:
+                log.error("cannot publish port health: %s", exc)
+                return
+            self._published_drivers = text
 
     def healthy(self) -> bool:
         """Feed the watchdog only when the pipeline can make progress."""
@@ -196,6 +248,7 @@ class Service:
             log.info("API token changed; retrying now")
             self.forwarder.retry_now()
         counts = self.intake.remap((State.HELD,))
+        self.forwarder.wake()  # records requeued by the CLI in another process
         log.info(
             "reloaded %s: %d zone mapping(s); %d held record(s) released, %d still held",
             source,

@@ -1,23 +1,39 @@
-"""What ``paystation-agent status`` shows: read from the journal, so it works from another
-process while ``run`` holds it (WAL lets readers in), and whether the service is running
-is read from the run lock."""
+"""What ``paystation-agent status`` shows.
+
+Everything is read from the journal, so it works from another process while ``run`` holds
+it (WAL lets readers in); whether the service is running is read from its run lock, and
+what only the service knows (the controller's state, each port's health) it publishes to
+the journal's ``meta`` table when it changes.
+"""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from agent.journal import Journal, State
 from agent.service import service_running
 
 
-def collect(journal: Journal) -> dict[str, Any]:
+def collect(journal: Journal, default_currency: str = "CAD") -> dict[str, Any]:
     counts = journal.counts()
     summary = journal.summary()
     meta = journal.meta()
     last_sent = summary["last_sent_at"]
+    running = service_running(journal.path)
+    unsent: dict[str, Decimal] = {}
+    for currency, cents in journal.unsent_amounts():
+        key = currency or default_currency
+        unsent[key] = unsent.get(key, Decimal(0)) + Decimal(cents) / 100
+    held_by_zone = {
+        code: {"held": held, "oldest_s": _age_of(oldest)}
+        for code, held, oldest, _ in journal.zone_codes()
+        if held
+    }
     return {
-        "running": service_running(journal.path),
+        "running": running,
         "pending": counts[State.PENDING],
         "held": counts[State.HELD],
         "sent": counts[State.SENT],
@@ -27,64 +43,94 @@ def collect(journal: Journal) -> dict[str, Any]:
         "oldest_pending_s": summary["oldest_pending_s"],
         "last_success": _iso(last_sent) if last_sent else None,
         "last_error": meta.get("last_error"),
-        "paused": meta.get("paused"),
-        "controller": meta.get("controller_state", "unknown"),
+        "paused": meta.get("paused") if running else None,
+        "controller": meta.get("controller_state", "unknown") if running else "unknown",
         "unknown_outcomes": summary["unknown_outcomes"],
         "already_existed": summary["already_existed"],
+        "held_by_zone": held_by_zone,
+        "unsent_amounts": {k: f"{v:.2f}" for k, v in sorted(unsent.items())},
+        "drivers": json.loads(meta.get("drivers", "{}")) if running else {},
         "journal": str(journal.path),
     }
 
 
 def render(status: dict[str, Any]) -> str:
-    if status["paused"]:
-        service = f"running, PAUSED: {status['paused']}" if status["running"] else "stopped"
+    if not status["running"]:
+        service = "STOPPED (records are not being read or sent)"
+    elif status["paused"]:
+        service = f"running, PAUSED: {status['paused']}"
     else:
-        service = "running" if status["running"] else "stopped"
-    oldest = status["oldest_pending_s"]
+        service = "running"
     backlog = f"{status['pending']} pending"
     if status["pending"]:
-        backlog += f" (oldest {_age(oldest)}, {status['active_pending']} sessions still running)"
+        backlog += (
+            f", oldest {format_age(status['oldest_pending_s'])}, "
+            f"{status['active_pending']} of them sessions still running"
+        )
+    held = f"{status['held']}"
+    if status["held_by_zone"]:
+        held += (
+            " (zone not mapped: "
+            + ", ".join(
+                f"code {code!r}: {z['held']}, oldest {format_age(z['oldest_s'])}"
+                for code, z in status["held_by_zone"].items()
+            )
+            + ")"
+        )
+    unsent = ", ".join(f"{amount} {cur}" for cur, amount in status["unsent_amounts"].items())
     rows = [
         ("service", service),
         ("controller", status["controller"]),
         ("backlog", backlog),
-        ("held", f"{status['held']} (zone without a mapping)"),
+        ("unsent", unsent or "nothing"),
+        ("held", held),
         ("sent", str(status["sent"])),
-        ("rejected", f"{status['rejected']} (invalid at the source)"),
-        ("dead", f"{status['dead']} (refused by the controller)"),
+        ("rejected", f"{status['rejected']} (invalid at the source; see: dead list)"),
+        ("dead", f"{status['dead']} (refused by the controller; see: dead list)"),
         ("last success", status["last_success"] or "never"),
         ("last error", status["last_error"] or "none"),
         (
             "duplicates",
-            f"{status['unknown_outcomes']} unknown outcome(s), "
-            f"{status['already_existed']} already at the controller",
+            f"{status['unknown_outcomes']} possible (no answer came), "
+            f"{status['already_existed']} confirmed by the controller (9022)",
         ),
-        ("journal", status["journal"]),
     ]
+    for name, port in status["drivers"].items():
+        frames = ", ".join(f"{k} {v}" for k, v in sorted(port.get("frames", {}).items()))
+        state = "connected" if port.get("connected") else "DISCONNECTED"
+        last = port.get("last_frame_at")
+        age = format_age(_age_of(last)) if last else "never"
+        rows.append((f"port {name}", f"{state}, last frame {age} ago; {frames or 'no frames'}"))
+    rows.append(("journal", status["journal"]))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def one_line(status: dict[str, Any]) -> str:
+    """The sd_notify STATUS= summary."""
+    text = f"{status['pending']} pending, {status['held']} held, {status['sent']} sent"
+    if status["paused"]:
+        text += ", PAUSED"
+    return text + f", last success {status['last_success'] or 'never'}"
 
 
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _age(seconds: float | None) -> str:
+def _age_of(epoch: float | None) -> float | None:
+    if epoch is None:
+        return None
+    return round(datetime.now(UTC).timestamp() - epoch, 1)
+
+
+def format_age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def one_line(status: dict[str, Any]) -> str:
-    """The sd_notify STATUS= summary."""
-    text = f"{status['pending']} pending, {status['sent']} sent"
-    if status["paused"]:
-        text += ", PAUSED"
-    return text + f", last success {status['last_success'] or 'never'}"
-
-
-__all__ = ["collect", "one_line", "render"]
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

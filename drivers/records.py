@@ -60,7 +60,10 @@ def parse_json(payload: bytes, renames: Mapping[str, str] | None = None) -> dict
             continue
         if isinstance(value, dict | list):
             raise RecordFormatError(f"field {key!r}: expected a scalar, got {type(value).__name__}")
-        fields[_rename(str(key).upper(), renames)] = str(value)
+        name = _rename(str(key).upper(), renames)
+        if name in fields:
+            raise RecordFormatError(f"field {name} appears twice (as {key!r})")
+        fields[name] = str(value)
     return fields
 
 

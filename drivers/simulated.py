@@ -95,7 +95,7 @@ class SimulatedDriver(Driver):
         rate = r.take_number("rate", 1.0, low=0.001, high=10_000)
         count = r.take("count", int, 0)
         r.check("count", count >= 0, f"expected 0 (forever) or a positive count, got {count}")
-        seed = r.take("seed", int, -1)
+        seed = r.take("seed", int, 0) if "seed" in options else None
         invalid = r.take_number("invalid_rate", 0.02, low=0.0, high=1.0)
         zones = r.take("zones", list, ["1", "2", "3", "4"])
         r.check(
@@ -103,11 +103,7 @@ class SimulatedDriver(Driver):
             bool(zones) and all(isinstance(z, str) and z for z in zones),
             "expected a non-empty array of zone codes (strings)",
         )
-        return r.done(
-            lambda: SimulatedOptions(
-                rate, count, None if seed < 0 else seed, invalid, tuple(map(str, zones))
-            )
-        )
+        return r.done(lambda: SimulatedOptions(rate, count, seed, invalid, tuple(map(str, zones))))
 
     def _run(self) -> None:
         opts = self.options

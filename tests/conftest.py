@@ -41,6 +41,7 @@ def write_config(
     zones: str = '"1" = "Lot 1"\n"2" = "Lot 2"\n"3" = "Lot 3"\n"4" = "Lot 4"',
     unmapped: str = "hold",
     controller_extra: str = "",
+    known: str = "",
 ) -> Path:
     """A real config file and a 0600 token file, as an installer would write them."""
     token_file = directory / "api-token"
@@ -64,6 +65,7 @@ timeout_s  = 5.0
 
 [zones]
 unmapped = "{unmapped}"   # hold | send | reject
+{known}
 [zones.map]
 {zones}
 {drivers}
@@ -73,8 +75,13 @@ unmapped = "{unmapped}"   # hold | send | reject
 
 
 def simulated_driver(
-    count: int, rate: float = 200.0, invalid_rate: float = 0.0, seed: int = 7
+    count: int,
+    rate: float = 200.0,
+    invalid_rate: float = 0.0,
+    seed: int = 7,
+    zones: tuple[str, ...] = ("1", "2", "3", "4"),
 ) -> str:
+    zone_list = ", ".join(f'"{z}"' for z in zones)
     return f"""
 [[drivers]]
 kind = "simulated"
@@ -83,6 +90,7 @@ rate = {rate}
 count = {count}
 seed = {seed}
 invalid_rate = {invalid_rate}
+zones = [{zone_list}]
 """
 
 
