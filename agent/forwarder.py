@@ -42,7 +42,7 @@ BODY_LIMIT = 2_000
 class Health:
     """The controller as the forwarder sees it; changes are logged once, not per retry."""
 
-    state: str = "ok"  # ok | unreachable | paused
+    state: str = "unknown"  # unknown (nothing sent yet) | ok | unreachable | paused
     since: float = 0.0
     reason: str = ""
     last_success: float | None = None
@@ -86,6 +86,8 @@ class Forwarder:
                 "unknown, so they will be sent again (the controller may see them twice)",
                 recovered,
             )
+        # what the last run said about the controller no longer holds
+        self.journal.set_meta({"controller_state": "unknown", "paused": None})
         for i in range(self.concurrency):
             thread = threading.Thread(target=self._work, name=f"forwarder-{i}", daemon=True)
             thread.start()
@@ -243,7 +245,9 @@ class Forwarder:
         now = time.time()
         previous = self.health.state
         self.health.last_success = now
-        if previous != "ok":
+        if previous == "unknown":
+            self._set_health("ok", "")
+        elif previous != "ok":
             backlog = self.journal.counts()
             log.warning(
                 "controller back after %s; %d record(s) to send",
