@@ -100,8 +100,13 @@ def _edit(config: Config, change: Callable[[Any], None]) -> None:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a crash leaves either the old or the new file."""
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    """Write ``text`` to ``path`` so that a crash leaves either the old or the new file.
+
+    The new file keeps the old one's mode, owner and group: root editing a config that
+    belongs to the service's group must not make it unreadable for the service.
+    """
+    old = path.stat() if path.exists() else None
+    mode = old.st_mode & 0o777 if old else 0o644
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -109,6 +114,8 @@ def atomic_write(path: Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
+        if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+            os.chown(tmp, old.st_uid, old.st_gid)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -164,3 +164,18 @@ def test_check_config_warns_about_a_readable_token_and_unknown_zone_names(tmp_pa
     assert "readable by other users" in result.stderr and "chmod 600" in result.stderr
     assert "'Lot Four' is not in zones.known" in result.stderr
     assert "disconnected" in result.stderr
+
+
+def test_zone_edits_keep_the_config_files_owner_and_mode(tmp_path: Path) -> None:
+    import os
+
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("changing a file's owner needs root")
+    config = write_config(tmp_path, "https://controller.example.com/push")
+    os.chown(config, 0, 4242)
+    config.chmod(0o640)
+    assert cli("zones", "set", "7", "Lot 7", "--config", str(config)).returncode == 0
+    st = config.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 4242, 0o640)
