@@ -89,6 +89,14 @@ class ZoneSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus metrics: a loopback listener and/or a node_exporter textfile."""
+
+    listen: tuple[str, int] | None = None
+    textfile: Path | None = None
+
+
+@dataclass(frozen=True)
 class DriverSettings:
     """One ``[[drivers]]`` table: its kind, a name for logs, and the kind's own options."""
 
@@ -104,6 +112,7 @@ class Config:
     zones: ZoneSettings
     drivers: tuple[DriverSettings, ...]
     source: Path | None = None
+    metrics: MetricsSettings = MetricsSettings()
 
 
 def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
@@ -144,7 +153,7 @@ def parse_config(
     from drivers import driver_option_parser  # drivers know their own option keys
 
     v = _Validator()
-    v.known_keys("", data, {"agent", "controller", "zones", "drivers"})
+    v.known_keys("", data, {"agent", "controller", "zones", "drivers", "metrics"})
 
     agent_t = v.table("agent", data.get("agent"), required=True)
     v.known_keys(
@@ -247,6 +256,8 @@ def parse_config(
         except ConfigError as exc:
             v.errors.append(exc)
 
+    metrics = _metrics(v, v.table("metrics", data.get("metrics"), required=False))
+
     token_file = Path(token_file_s) if token_file_s else None
     controller = ControllerSettings(url, token_file, currency, timeout_s, concurrency, backoff_max)
     try:
@@ -262,7 +273,36 @@ def parse_config(
         zones=ZoneSettings(unmapped, zone_map, tuple(known)),  # type: ignore[arg-type]
         drivers=tuple(drivers),
         source=source,
+        metrics=metrics,
     )
+
+
+def _metrics(v: _Validator, table: dict[str, Any]) -> MetricsSettings:
+    v.known_keys("metrics", table, {"listen", "textfile"})
+    listen_s = v.get(table, "metrics", "listen", str, default="")
+    listen: tuple[str, int] | None = None
+    if listen_s:
+        host, _, port_s = listen_s.rpartition(":")
+        host = host.strip("[]")
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+            v.error(
+                "metrics.listen",
+                f'expected a loopback address and port such as "127.0.0.1:9464", got {listen_s!r}'
+                " (metrics are never exposed beyond this PC)",
+            )
+        else:
+            listen = (host, int(port_s))
+    textfile_s = v.get(table, "metrics", "textfile", str, default="")
+    textfile = Path(textfile_s) if textfile_s else None
+    if textfile is not None and not textfile.parent.is_dir():
+        v.error("metrics.textfile", f"directory {textfile.parent} does not exist")
+    elif textfile is not None and textfile.suffix != ".prom":
+        v.error("metrics.textfile", f"node_exporter reads only *.prom files, got {textfile.name}")
+    return MetricsSettings(listen, textfile)
 
 
 def check_url(url: str) -> str | None:

@@ -19,6 +19,7 @@ drain the moment the controller is back. :meth:`Forwarder.stop` interrupts every
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -57,6 +58,7 @@ class Forwarder:
         concurrency: int = 4,
         policy: RetryPolicy | None = None,
         secret_text: Callable[[], str] = lambda: "",
+        observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self.journal = journal
         self.sender = sender
@@ -66,14 +68,13 @@ class Forwarder:
         self.requests: Counter[str] = Counter()
         self.health = Health(since=time.time())
         self._secret_text = secret_text
+        self._observe = observe
         self._stop = threading.Event()
         self._cond = threading.Condition()
         self._work_gen = 0  # bumped when the journal has new pending records
         self._retry_gen = 0  # bumped when backoffs should end early (success, new token)
         self._paused_until = 0.0  # monotonic
-        self._busy = 0
         self._threads: list[threading.Thread] = []
-        self._progress = time.monotonic()
         journal.subscribe(self.wake)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -187,8 +188,11 @@ class Forwarder:
         else:
             body_text = self._redact(reply.body.decode("utf-8", "replace"))[:BODY_LIMIT]
             verdict = classify(reply.status, reply.headers, reply.body)
+        # the controller's words are stored and logged: never with the token in them
+        verdict = dataclasses.replace(verdict, reason=self._redact(verdict.reason))
         self.requests[verdict.outcome.value] += 1
-        self._progress = time.monotonic()
+        if self._observe is not None:
+            self._observe(verdict.outcome.value, time.monotonic() - started)
         log.debug(
             "record %d: %s in %.0f ms", claim.id, verdict.reason, (time.monotonic() - started) * 1e3
         )

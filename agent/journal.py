@@ -565,6 +565,18 @@ class Journal:
                 yield _record(row)
             last = rows[-1][0]
 
+    def writable(self) -> bool:
+        """True when a write transaction can start now (for the watchdog): takes SQLite's
+        write lock and rolls back, so it proves the journal is not wedged without writing
+        a byte (an idle agent must not wear the flash)."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                return False
+        return True
+
     def synchronous(self) -> int:
         """The connection's current ``PRAGMA synchronous`` (2 = FULL), read back from SQLite."""
         with self._lock:

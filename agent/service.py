@@ -27,6 +27,7 @@ from agent.intake import Intake
 from agent.journal import Journal, State
 from agent.logs import add_secret
 from agent.mapping import MappingRules
+from agent.metrics import AgentMetrics
 from agent.notify import Notifier
 from agent.retry import RetryPolicy
 from agent.transport import HttpSender, Sender
@@ -37,6 +38,7 @@ log = logging.getLogger("agent.service")
 PRUNE_EVERY_S = 3600.0
 STATUS_EVERY_S = 10.0
 HEALTH_EVERY_S = 2.0
+METRICS_EVERY_S = 15.0
 
 
 class AlreadyRunning(AgentError):
@@ -123,11 +125,16 @@ class Service:
             concurrency=config.controller.concurrency,
             policy=RetryPolicy(max_s=config.controller.backoff_max_s),
             secret_text=lambda: self._token.reveal(),
+            observe=self._observe_request,
         )
         context = DriverContext(config.agent.station_id, config.agent.timezone)
         self.drivers: list[Driver] = [
             create_driver(d.kind, d.name, d.options, self.intake, context) for d in config.drivers
         ]
+        self.metrics = AgentMetrics(self.journal, self.drivers, lambda: self.forwarder.health.state)
+
+    def _observe_request(self, outcome: str, seconds: float) -> None:
+        self.metrics.observe_request(outcome, seconds)
 
     def _take_lock(self) -> None:
         path = lock_path(self.journal.path)
@@ -154,6 +161,12 @@ class Service:
         for driver in self.drivers:
             driver.start()
         self._prune()
+        listen = self.config.metrics.listen
+        if listen is not None:
+            try:
+                self.metrics.serve(*listen)
+            except OSError as exc:
+                log.error("metrics: cannot listen on %s:%d: %s", *listen, exc)
         log.info(
             "station %s running: %d driver(s), controller %s",
             self.config.agent.station_id,
@@ -179,6 +192,7 @@ class Service:
         watchdog_every = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else None
         next_prune = time.monotonic() + PRUNE_EVERY_S
         next_status = time.monotonic()
+        next_metrics = time.monotonic()
         while not self.stopping.is_set():
             self._wake.wait(min(HEALTH_EVERY_S, watchdog_every or HEALTH_EVERY_S))
             self._wake.clear()
@@ -192,12 +206,21 @@ class Service:
                 next_prune = now + PRUNE_EVERY_S
                 self._prune()
             self._publish_drivers()
+            if self.config.metrics.textfile is not None and now >= next_metrics:
+                next_metrics = now + METRICS_EVERY_S
+                self._write_metrics(self.config.metrics.textfile)
             if watchdog_every and self.healthy():
                 self.notifier.watchdog()
             if self.notifier.enabled and now >= next_status:
                 next_status = now + STATUS_EVERY_S
                 currency = self.config.controller.currency
                 self.notifier.status(one_line(collect(self.journal, currency)))
+
+    def _write_metrics(self, path: Path) -> None:
+        try:
+            self.metrics.write_textfile(path)
+        except (OSError, JournalError) as exc:
+            log.error("metrics: cannot write %s: %s", path, exc)
 
     def _publish_drivers(self) -> None:
         """Each port's health, for ``status`` in another process; written only on change."""
@@ -224,11 +247,9 @@ class Service:
         """Feed the watchdog only when the pipeline can make progress."""
         if not self.forwarder.idle_or_progressing:
             return False
-        try:
-            self.journal.set_meta({"heartbeat": f"{time.time():.0f}"})
-        except JournalError:
-            return False
-        return True
+        if any(d.failed for d in self.drivers):
+            return False  # a driver's read loop died: a restart is the cure
+        return self.journal.writable()
 
     def reload(self) -> None:
         """SIGHUP: re-read the zone map and the token; release held records that now map."""
@@ -264,6 +285,7 @@ class Service:
         for driver in self.drivers:
             driver.stop()
         self.forwarder.stop()
+        self.metrics.close()
         self.journal.close()
         if self._lock_handle is not None:
             self._lock_handle.close()

@@ -82,6 +82,7 @@ class Driver(ABC):
         self.context = context
         self.health = DriverHealth()
         self.stopping = threading.Event()
+        self.failed = False  # the read loop ended on an unexpected error
         self.log = logging.getLogger(f"drivers.{name}")
         self._thread: threading.Thread | None = None
 
@@ -115,3 +116,4 @@ class Driver(ABC):
         except Exception:
             self.log.exception("driver %s stopped on an unexpected error", self.name)
             self.health.connected = False
+            self.failed = True

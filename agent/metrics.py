@@ -1,0 +1,151 @@
+"""Prometheus metrics: what an operator's monitoring needs to page someone before a
+customer gets a wrongful ticket (a backlog growing, a port disconnected, a paused token).
+
+Journal figures are read at scrape time (indexed queries only), so metrics never disagree
+with ``status``. Exposed on a loopback address when ``[metrics] listen`` is set and/or
+written atomically (mode 0644, for node_exporter) to ``[metrics] textfile``. The registry
+is the service's own, never the process-global one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from agent.journal import Journal, State
+from drivers.base import Driver
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class AgentMetrics:
+    """The service's metrics registry; ``observe_request`` is the forwarder's hook."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        drivers: Sequence[Driver],
+        controller_state: Callable[[], str],
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "paystation_requests",
+            "Requests to the controller, by how the answer was read",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "paystation_request_duration_seconds",
+            "Time from sending a record to the controller's answer (or failure)",
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_JournalCollector(journal, drivers, controller_state))
+        self._server: Any = None
+
+    def observe_request(self, outcome: str, seconds: float) -> None:
+        self.requests.labels(outcome).inc()
+        self.duration.observe(seconds)
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def serve(self, host: str, port: int) -> None:
+        from prometheus_client import start_http_server
+
+        self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+
+    def write_textfile(self, path: Path) -> None:
+        """Atomically replace ``path``; 0644 so node_exporter (another user) can read it."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(self.text())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class _JournalCollector(Collector):
+    def __init__(
+        self, journal: Journal, drivers: Sequence[Driver], controller_state: Callable[[], str]
+    ) -> None:
+        self.journal = journal
+        self.drivers = drivers
+        self.controller_state = controller_state
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            counts = self.journal.counts()
+            summary = self.journal.summary()
+        records = GaugeMetricFamily(
+            "paystation_records", "Records in the journal, by state", labels=["state"]
+        )
+        for state in State:
+            records.add_metric([state.value], counts[state])
+        yield records
+        yield GaugeMetricFamily(
+            "paystation_backlog_records",
+            "Records waiting to be sent",
+            value=counts[State.PENDING],
+        )
+        yield GaugeMetricFamily(
+            "paystation_active_sessions_pending",
+            "Pending records whose parking session is still running (wrongful-ticket risk)",
+            value=summary["active_pending"],
+        )
+        yield GaugeMetricFamily(
+            "paystation_oldest_pending_age_seconds",
+            "Age of the oldest pending record (0 when none)",
+            value=summary["oldest_pending_s"] or 0.0,
+        )
+        yield GaugeMetricFamily(
+            "paystation_last_success_timestamp_seconds",
+            "When the controller last accepted a record (0 = never)",
+            value=summary["last_sent_at"] or 0.0,
+        )
+        yield GaugeMetricFamily(
+            "paystation_possible_duplicates",
+            "Sends whose outcome was unknown (no answer came), so the controller may have "
+            "the record twice",
+            value=summary["unknown_outcomes"],
+        )
+        yield GaugeMetricFamily(
+            "paystation_controller_paused",
+            "1 while forwarding is paused because the token or licence was refused",
+            value=1.0 if self.controller_state() == "paused" else 0.0,
+        )
+        yield from self._ports()
+
+    def _ports(self) -> Iterable[Metric]:
+        frames = CounterMetricFamily(
+            "paystation_frames",
+            "Frames read from the hardware, by result",
+            labels=["driver", "result"],
+        )
+        connected = GaugeMetricFamily(
+            "paystation_port_connected", "1 while the driver's port is open", labels=["driver"]
+        )
+        for driver in self.drivers:
+            for result, n in sorted(driver.health.frames.items()):
+                frames.add_metric([driver.name, result], n)
+            connected.add_metric([driver.name], 1.0 if driver.health.connected else 0.0)
+        yield frames
+        yield connected
