@@ -332,14 +332,18 @@ def resolve_token(
 ) -> Secret:
     """Find and validate the API token; errors never include the token itself."""
     source_key = "controller.token_file"
-    if controller.token_file is not None:
-        text = _read_token_file(controller.token_file, source_key)
-    elif (
-        environ.get("CREDENTIALS_DIRECTORY")
-        and (Path(environ["CREDENTIALS_DIRECTORY"]) / "api-token").exists()
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    credential = Path(credentials) / "api-token" if credentials else None
+    has_credential = credential is not None and credential.exists()
+    if controller.token_file is not None and not (
+        # Under systemd the file is root's (0600) and LoadCredential= hands the service
+        # its own copy of it; root's CLI reads the file itself.
+        has_credential and not os.access(controller.token_file, os.R_OK)
     ):
+        text = _read_token_file(controller.token_file, source_key)
+    elif credential is not None and has_credential:
         source_key = "$CREDENTIALS_DIRECTORY/api-token"
-        text = _read_token_file(Path(environ["CREDENTIALS_DIRECTORY"]) / "api-token", source_key)
+        text = _read_token_file(credential, source_key)
     elif environ.get(TOKEN_ENV):
         source_key = TOKEN_ENV
         text = environ[TOKEN_ENV]

@@ -69,6 +69,8 @@ class Forwarder:
         self.health = Health(since=time.time())
         self._secret_text = secret_text
         self._observe = observe
+        self._health_lock = threading.Lock()
+        self._left_ok_at = time.time()
         self._stop = threading.Event()
         self._cond = threading.Condition()
         self._work_gen = 0  # bumped when the journal has new pending records
@@ -246,59 +248,64 @@ class Forwarder:
     # -- health -----------------------------------------------------------------------------
 
     def _on_success(self) -> None:
-        now = time.time()
-        previous = self.health.state
-        self.health.last_success = now
-        if previous == "unknown":
-            self._set_health("ok", "")
-        elif previous != "ok":
-            backlog = self.journal.counts()
+        self.health.last_success = time.time()
+        previous = self._transition("ok", "")
+        if previous in ("unreachable", "paused"):
             log.warning(
                 "controller back after %s; %d record(s) to send",
-                _duration(now - self.health.since),
-                backlog[State.PENDING],
+                _duration(time.time() - self._left_ok_at),
+                self.journal.counts()[State.PENDING],
             )
-            self._set_health("ok", "")
+        if previous is not None:
             self.retry_now()
 
     def _on_reachable(self) -> None:
-        if self.health.state != "ok":
-            self._set_health("ok", "")
+        if self._transition("ok", "") is not None:
             self.retry_now()
 
     def _on_unreachable(self, verdict: Verdict) -> None:
-        if self.health.state != "unreachable":
+        if self._transition("unreachable", verdict.reason) is not None:
             log.warning("controller unreachable: %s; records are kept and retried", verdict.reason)
-            self._set_health("unreachable", verdict.reason)
 
     def _on_paused(self, verdict: Verdict) -> None:
         with self._cond:
             self._paused_until = max(
                 self._paused_until, time.monotonic() + self.policy.pause_initial_s
             )
-        if self.health.state != "paused":
+        if self._transition("paused", verdict.reason) is not None:
             log.error(
                 "forwarding paused: the controller refused the API token or licence (%s); "
                 "fix the token, then reload (SIGHUP) or wait for the next try",
                 verdict.reason,
             )
-            self._set_health("paused", verdict.reason)
 
-    def _set_health(self, state: str, reason: str) -> None:
-        self.health.state = state
-        self.health.since = time.time()
-        self.health.reason = reason
-        try:
-            self.journal.set_meta(
-                {
-                    "controller_state": state,
-                    "controller_since": f"{self.health.since:.3f}",
-                    "last_error": reason or None,
-                    "paused": reason if state == "paused" else None,
-                }
-            )
-        except JournalError as exc:
-            log.error("cannot record the controller's state in the journal: %s", exc)
+    def _transition(self, state: str, reason: str) -> str | None:
+        """Move to ``state``; return the previous state if it changed, else None.
+
+        Several workers see the same outage at once: only the first one's transition
+        counts, so each change is logged and recorded once.
+        """
+        with self._health_lock:
+            previous = self.health.state
+            if previous == state:
+                return None
+            now = time.time()
+            if previous in ("ok", "unknown"):
+                self._left_ok_at = now
+            self.health.state, self.health.since, self.health.reason = state, now, reason
+            values: dict[str, str | None] = {
+                "controller_state": state,
+                "controller_since": f"{now:.3f}",
+                "paused": reason if state == "paused" else None,
+            }
+            if reason:  # the last error stays visible after recovery, with its time
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+                values["last_error"] = f"{stamp} {reason}"
+            try:
+                self.journal.set_meta(values)
+            except JournalError as exc:
+                log.error("cannot record the controller's state in the journal: %s", exc)
+            return previous
 
     def _redact(self, text: str) -> str:
         secret = self._secret_text()

@@ -22,8 +22,10 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -188,6 +190,7 @@ class Journal:
                 raise JournalError(f"journal {path}: cannot use WAL mode (got {mode!r})")
             self._set_synchronous("FULL")
             self._migrate()
+            self._keep_owner()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise JournalError(f"journal {path} is not a usable SQLite database: {exc}") from exc
@@ -587,8 +590,8 @@ class Journal:
     @contextmanager
     def _write(self, *, durable: bool) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._set_synchronous("FULL" if durable else "NORMAL")
             try:
+                self._set_synchronous("FULL" if durable else "NORMAL")
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._db
@@ -635,6 +638,17 @@ class Journal:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _keep_owner(self) -> None:
+        """root's CLI must not leave -wal/-shm files the service's user cannot open."""
+        if os.geteuid() != 0:
+            return
+        owner = self.path.stat()
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            with contextlib.suppress(FileNotFoundError):
+                if side.stat().st_uid != owner.st_uid:
+                    os.chown(side, owner.st_uid, owner.st_gid)
 
     def _notify(self) -> None:
         for listener in self._listeners:

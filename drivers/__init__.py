@@ -10,9 +10,10 @@ from drivers.base import Driver, DriverContext, RecordSink
 
 
 def registry() -> dict[str, type[Driver]]:
+    from drivers.serial_port import SerialDriver
     from drivers.simulated import SimulatedDriver
 
-    kinds: list[type[Driver]] = [SimulatedDriver]
+    kinds: list[type[Driver]] = [SerialDriver, SimulatedDriver]
     return {cls.kind: cls for cls in kinds}
 
 

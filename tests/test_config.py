@@ -841,3 +841,22 @@ def test_without_state_directory_the_journal_is_in_the_user_data_dir(tmp_path: P
 def test_explicit_journal_beats_the_state_directory(tmp_path: Path) -> None:
     text = BASE.replace("[agent]", "[agent]\njournal = '/srv/j.sqlite3'")
     assert load_text(tmp_path, text).agent.journal == Path("/srv/j.sqlite3")
+
+
+def test_the_example_config_is_valid_and_shows_every_key(tmp_path: Path) -> None:
+    """config.example.toml is what installers copy: it must load as it is."""
+    from tests.conftest import ROOT
+
+    token = tmp_path / "api-token"
+    token.write_text("EXAMPLE-TOKEN-1\n")
+    text = (ROOT / "config.example.toml").read_text()
+    text = text.replace("/etc/paystation-agent/api-token", str(token))
+    text = text.replace("/var/lib/paystation-agent/journal.sqlite3", str(tmp_path / "j.sqlite3"))
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    config = load_config(path, environ={})
+    assert config.zones.map == {"4": "Lot 4"}
+    assert config.drivers[0].kind == "serial"
+    serial_keys = set(vars(config.drivers[0].options))
+    for key in serial_keys - {"renames"}:
+        assert f"\n{key} " in text or f"\n{key}=" in text, f"{key} is not documented"

@@ -215,3 +215,19 @@ def test_a_version_1_journal_is_migrated_with_its_records(tmp_path: Path) -> Non
         assert [a.status for a in journal.attempts(claim.id)] == [400]
     version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
     assert version == SCHEMA_VERSION == 2
+
+
+def test_root_opening_a_service_users_journal_keeps_its_side_files_usable(tmp_path: Path) -> None:
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the case is root's CLI next to the service's user")
+    path = tmp_path / "j.sqlite3"
+    Journal(path).close()
+    os.chown(path, 4242, 4242)
+    for side in tmp_path.glob("j.sqlite3-*"):
+        side.unlink()
+    with Journal(path) as journal:  # as root, the way `dead requeue` runs
+        add(journal, "1")
+        for side in tmp_path.glob("j.sqlite3-*"):
+            assert side.stat().st_uid == 4242

@@ -1,0 +1,351 @@
+"""The serial driver: a meter or pay station on an RS-232 / USB serial line (contract.md §4).
+
+Why it is shaped this way: the hardware keeps a transaction until it is acknowledged, so the
+one thing this driver must get right is *when* it says ACK. It says it only after the sink
+(the journal) has committed the record — ``Receipt.safe`` — and says NAK for a frame it
+could not verify or a record the journal could not take, so the device resends. Everything
+else (framing, record formats, names) is configuration, because devices differ.
+
+Contract of the read loop:
+
+* each good frame becomes one :class:`~drivers.base.HardwareRecord` (``raw`` = the payload
+  bytes); a payload that is not a record in the configured ``format`` still becomes one,
+  with ``error`` set, so it is journaled as rejected and ACKed, never silently dropped;
+* ACK is written after ``sink.submit`` returns a safe receipt, NAK otherwise; a bad
+  checksum or a broken frame is NAKed without reaching the sink;
+* line mode (``framing = "line"``) never writes: the device has no answer bytes, so a line
+  the journal refuses is offered again until it is stored (the reader does not move on);
+* a port that cannot be opened or vanishes (USB unplugged) is closed and reopened with
+  capped exponential backoff (0.5 s doubling to ``reconnect_max_s``), waiting on
+  :attr:`stopping` so a stop is prompt. One warning per outage, one line when it is back.
+
+Health counters (``health.frames``): ``ok`` (well framed and parsed), ``unparseable``,
+``bad_checksum``, ``broken``, and per receipt ``duplicate`` and ``refused``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import serial
+
+from agent.config import option_reader
+from drivers.base import Driver, DriverContext, HardwareRecord, Receipt, RecordSink
+from drivers.framing import (
+    ACK,
+    CHECKSUMS,
+    DEFAULT_MAX_FRAME,
+    NAK,
+    BadFrame,
+    Checksum,
+    Event,
+    Framer,
+    LineFramer,
+    StxEtxFramer,
+)
+from drivers.records import PARSERS, RecordFormatError
+
+if TYPE_CHECKING:
+    from agent.config import _OptionReader
+
+READ_TIMEOUT_S = 0.2  # how long one read waits: bounds how late a stop is noticed
+WRITE_TIMEOUT_S = 2.0  # an answer byte that cannot leave in this time means a dead port
+FIRST_RETRY_S = 0.5
+LINE_REFUSED_RETRY_S = 1.0
+PARITIES = ("N", "E", "O", "M", "S")
+STOPBITS = (1, 1.5, 2)
+FRAMINGS = ("stx-etx", "line")
+
+Framing = Literal["stx-etx", "line"]
+
+KNOWN_KEYS = {
+    "port",
+    "baudrate",
+    "bytesize",
+    "parity",
+    "stopbits",
+    "framing",
+    "format",
+    "checksum",
+    "checksum_includes_etx",
+    "ack",
+    "nak",
+    "terminator",
+    "max_frame",
+    "renames",
+    "reconnect_max_s",
+}
+
+
+@dataclass(frozen=True)
+class SerialOptions:
+    """One ``[[drivers]] kind = "serial"`` table, validated. Field names are the keys."""
+
+    port: str
+    baudrate: int = 9600
+    bytesize: int = 8
+    parity: str = "N"
+    stopbits: float = 1
+    framing: Framing = "stx-etx"
+    format: str = "kv"
+    checksum: Checksum = "xor"
+    checksum_includes_etx: bool = True
+    ack: int = ACK
+    nak: int = NAK
+    terminator: str = "\n"
+    max_frame: int = DEFAULT_MAX_FRAME
+    renames: Mapping[str, str] = field(default_factory=dict)
+    reconnect_max_s: float = 30.0
+
+    def framer(self) -> Framer:
+        """A fresh framer: each connection starts with an empty buffer."""
+        if self.framing == "line":
+            return LineFramer(self.terminator.encode("utf-8"), max_frame=self.max_frame)
+        return StxEtxFramer(
+            self.checksum,
+            checksum_includes_etx=self.checksum_includes_etx,
+            max_frame=self.max_frame,
+        )
+
+    @property
+    def line_settings(self) -> str:
+        stop = f"{self.stopbits:g}"
+        return f"{self.baudrate} {self.bytesize}{self.parity}{stop}, {self.framing}/{self.format}"
+
+
+class Port(Protocol):
+    """What the driver uses of a pyserial port."""
+
+    @property
+    def in_waiting(self) -> int: ...
+
+    def read(self, size: int = 1) -> bytes: ...
+
+    def write(self, data: bytes) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+class Backoff:
+    """Capped doubling delays between reconnection attempts: 0.5, 1, 2, ... ``cap``."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first = first
+        self.cap = max(cap, first)
+        self._next = first
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self._next * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+class SerialDriver(Driver):
+    """Reads frames from a serial port, journals them through the sink, answers ACK/NAK."""
+
+    kind = "serial"
+    options: SerialOptions
+
+    def __init__(
+        self, name: str, options: SerialOptions, sink: RecordSink, context: DriverContext
+    ) -> None:
+        super().__init__(name, options, sink, context)
+        self._outage_since: float | None = None  # monotonic start of the current outage
+        self._opened_before = False
+
+    @classmethod
+    def parse_options(cls, prefix: str, options: Mapping[str, Any]) -> SerialOptions:
+        r = option_reader(prefix, options, KNOWN_KEYS)
+        port = r.take("port", str, "", required=True)
+        r.check(
+            "port",
+            "port" not in options or bool(port.strip()),
+            "expected a device path such as /dev/ttyUSB0 or a pyserial URL",
+        )
+        baudrate = r.take("baudrate", int, 9600)
+        r.check("baudrate", 50 <= baudrate <= 4_000_000, f"expected a baud rate, got {baudrate}")
+        bytesize = r.take("bytesize", int, 8)
+        r.check("bytesize", 5 <= bytesize <= 8, f"expected 5, 6, 7 or 8, got {bytesize}")
+        parity = r.take("parity", str, "N").upper()
+        r.check("parity", parity in PARITIES, f"expected one of N, E, O, M, S, got {parity!r}")
+        stopbits = r.take_number("stopbits", 1, low=1, high=2)
+        r.check("stopbits", stopbits in STOPBITS, f"expected 1, 1.5 or 2, got {stopbits:g}")
+        framing = r.take("framing", str, "stx-etx")
+        r.check("framing", framing in FRAMINGS, f'expected "stx-etx" or "line", got {framing!r}')
+        fmt = r.take("format", str, "kv")
+        r.check("format", fmt in PARSERS, f'expected "kv" or "json", got {fmt!r}')
+        checksum = r.take("checksum", str, "xor")
+        r.check(
+            "checksum", checksum in CHECKSUMS, f'expected "xor", "sum" or "none", got {checksum!r}'
+        )
+        includes_etx = r.take("checksum_includes_etx", bool, True)
+        ack = _byte_option(r, "ack", ACK)
+        nak = _byte_option(r, "nak", NAK)
+        r.check("nak", ack != nak, f"ACK and NAK must differ, both are {ack}")
+        terminator = r.take("terminator", str, "\n")
+        r.check("terminator", bool(terminator), "expected a non-empty line terminator")
+        max_frame = r.take("max_frame", int, DEFAULT_MAX_FRAME)
+        r.check(
+            "max_frame",
+            16 <= max_frame <= 1_048_576,
+            f"expected 16 to 1048576 bytes, got {max_frame}",
+        )
+        renames = _renames_option(r)
+        reconnect = r.take_number("reconnect_max_s", 30.0, low=FIRST_RETRY_S, high=3600.0)
+        return r.done(
+            lambda: SerialOptions(
+                port=port,
+                baudrate=baudrate,
+                bytesize=bytesize,
+                parity=parity,
+                stopbits=int(stopbits) if stopbits.is_integer() else stopbits,
+                framing=framing,  # type: ignore[arg-type]  # checked above
+                format=fmt,
+                checksum=checksum,  # type: ignore[arg-type]  # checked above
+                checksum_includes_etx=includes_etx,
+                ack=ack,
+                nak=nak,
+                terminator=terminator,
+                max_frame=max_frame,
+                renames=renames,
+                reconnect_max_s=reconnect,
+            )
+        )
+
+    # -- the port's lifecycle ----------------------------------------------------------
+
+    def _run(self) -> None:
+        delays = Backoff(FIRST_RETRY_S, self.options.reconnect_max_s)
+        while not self.stopping.is_set():
+            port = self._open()
+            if port is not None and self._serve(port):
+                delays.reset()  # it worked for a while: the next outage starts over
+            if self.stopping.wait(delays.next()):
+                return
+
+    def _open(self) -> Port | None:
+        opts = self.options
+        try:
+            port: Port = serial.serial_for_url(
+                opts.port,
+                do_not_open=False,
+                baudrate=opts.baudrate,
+                bytesize=opts.bytesize,
+                parity=opts.parity,
+                stopbits=opts.stopbits,
+                timeout=READ_TIMEOUT_S,
+                write_timeout=WRITE_TIMEOUT_S,
+            )
+        except (serial.SerialException, OSError, ValueError) as exc:
+            self._unavailable("unavailable", exc)
+            return None
+        self._connected()
+        return port
+
+    def _serve(self, port: Port) -> bool:
+        """Read until stopped or the port fails; always close it. True if bytes came in."""
+        received = False
+        with closing(port):
+            framer = self.options.framer()
+            try:
+                while not self.stopping.is_set():
+                    data = port.read(max(1, port.in_waiting))
+                    received = received or bool(data)
+                    for event in framer.feed(data):
+                        self._handle(port, event)
+            except (serial.SerialException, OSError) as exc:
+                self._unavailable("lost", exc)
+        return received
+
+    def _connected(self) -> None:
+        self.health.connected = True
+        self.health.detail = f"open: {self.options.line_settings}"
+        if self._outage_since is not None:
+            down = time.monotonic() - self._outage_since
+            self.log.info("port %s is back after %.0f s", self.options.port, down)
+        elif not self._opened_before:
+            self.log.info("port %s open (%s)", self.options.port, self.options.line_settings)
+        self._outage_since = None
+        self._opened_before = True
+
+    def _unavailable(self, what: str, exc: Exception) -> None:
+        """Log the first failure of an outage as a warning, the retries only at debug."""
+        self.health.connected = False
+        self.health.detail = f"{what}: {exc}"
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            self.log.warning("port %s %s: %s, retrying", self.options.port, what, exc)
+        else:
+            self.log.debug("port %s still unavailable: %s", self.options.port, exc)
+
+    # -- frames --------------------------------------------------------------------------
+
+    def _handle(self, port: Port, event: Event) -> None:
+        self.health.last_frame_at = time.time()
+        if isinstance(event, BadFrame):
+            self.health.frames[event.fault.value] += 1
+            self.log.info("bad frame at byte %d of the stream: %s", event.offset, event.detail)
+            self._answer(port, self.options.nak)
+            return
+        receipt = self._store(self._record(event.payload))
+        self._answer(port, self.options.ack if receipt.safe else self.options.nak)
+
+    def _record(self, payload: bytes) -> HardwareRecord:
+        fmt = self.options.format
+        try:
+            fields = PARSERS[fmt](payload, self.options.renames)
+        except RecordFormatError as exc:
+            self.health.frames["unparseable"] += 1
+            return HardwareRecord(payload, {}, self.name, error=f"not a {fmt} record: {exc}")
+        self.health.frames["ok"] += 1
+        return HardwareRecord(payload, fields, self.name)
+
+    def _store(self, record: HardwareRecord) -> Receipt:
+        receipt = self._submit(record)
+        if self.options.framing != "line":
+            return receipt  # a NAK makes the device keep it
+        while receipt is Receipt.REFUSED:
+            if self.stopping.wait(LINE_REFUSED_RETRY_S):
+                self.log.error("stopping with a refused line not stored: %r", record.raw[:80])
+                break
+            receipt = self._submit(record)
+        return receipt
+
+    def _submit(self, record: HardwareRecord) -> Receipt:
+        receipt = self.sink.submit(record)  # returns once the journal has committed
+        if receipt is Receipt.DUPLICATE:
+            self.health.frames["duplicate"] += 1
+        elif receipt is Receipt.REFUSED:
+            self.health.frames["refused"] += 1
+        return receipt
+
+    def _answer(self, port: Port, byte: int) -> None:
+        if self.options.framing != "line":
+            port.write(bytes([byte]))
+
+
+def _byte_option(r: _OptionReader, key: str, default: int) -> int:
+    value = r.take(key, int, default)
+    r.check(key, 0 <= value <= 255, f"expected a byte value 0-255, got {value}")
+    return value
+
+
+def _renames_option(r: _OptionReader) -> dict[str, str]:
+    """``renames = { PLATENO = "PLATE" }``: device key -> reference name, upper-cased."""
+    table: dict[str, Any] = r.take("renames", dict, {})
+    ok = all(isinstance(v, str) and v.strip() and k.strip() for k, v in table.items())
+    r.check(
+        "renames",
+        ok,
+        'expected a table of device key = reference name, such as { PLATENO = "PLATE" }',
+    )
+    if not ok:
+        return {}
+    return {k.strip().upper(): v.strip().upper() for k, v in table.items()}

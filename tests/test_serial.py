@@ -1,0 +1,439 @@
+"""The serial driver on real pseudo-terminals: the agent opens a pty's slave path exactly as
+it opens /dev/ttyUSB0, and the test (or ``simulate``) is the device on the other end.
+
+In-process tests drive :class:`SerialDriver` with the real intake and journal and look at
+every answer byte; scenario tests run ``paystation-agent run`` and ``simulate`` as
+subprocesses, joined by a null-modem made of two ptys and a relay thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import tty
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from agent.emulator import ControllerEmulator
+from agent.errors import ConfigErrors
+from agent.intake import Intake
+from agent.journal import Journal
+from agent.mapping import MappingRules
+from drivers.base import DriverContext, HardwareRecord, Receipt
+from drivers.framing import ACK, NAK, STX, StxEtxFramer
+from drivers.records import format_kv
+from drivers.serial_port import SerialDriver
+from tests.conftest import ROOT, agent_env, cli, eventually, write_config
+
+ZONE = ZoneInfo("America/Toronto")
+FRAMER = StxEtxFramer()
+
+
+class Pty:
+    """A real pseudo-terminal: a driver opens ``path``, the test is the device on ``master``.
+
+    The slave stays open here too, so the master never reads EIO while the agent is down,
+    and it is raw from the start: no echo, no line editing before the driver configures it.
+    """
+
+    def __init__(self) -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.path = os.ttyname(self.slave)
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def answer(self, timeout: float = 10.0) -> int:
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        assert ready, "no answer from the driver"
+        return os.read(self.master, 1)[0]
+
+    def nothing_written(self, wait: float) -> bool:
+        ready, _, _ = select.select([self.master], [], [], wait)
+        return not ready
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.master)
+            os.close(self.slave)
+
+
+class Relay:
+    """Two ptys' masters joined like a null-modem cable. A byte that finds the other side's
+    buffer full is dropped, as on a real line with nobody reading."""
+
+    def __init__(self, a: Pty, b: Pty) -> None:
+        self.peers = {a.master: b.master, b.master: a.master}
+        for fd in self.peers:
+            os.set_blocking(fd, False)
+        self.wake_r, self.wake_w = os.pipe()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            ready, _, _ = select.select([*self.peers, self.wake_r], [], [])
+            if self.wake_r in ready:
+                return
+            for fd in ready:
+                with suppress(BlockingIOError):
+                    os.write(self.peers[fd], os.read(fd, 4096))
+
+    def close(self) -> None:
+        os.write(self.wake_w, b"x")
+        self.thread.join(5)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+
+@pytest.fixture
+def pty() -> Iterator[Pty]:
+    line = Pty()
+    yield line
+    line.close()
+
+
+@pytest.fixture
+def null_modem() -> Iterator[tuple[Pty, Pty]]:
+    """(the agent's pty, the meter's pty), joined."""
+    agent_side, meter_side = Pty(), Pty()
+    relay = Relay(agent_side, meter_side)
+    yield agent_side, meter_side
+    relay.close()
+    agent_side.close()
+    meter_side.close()
+
+
+def rules() -> MappingRules:
+    return MappingRules(ZONE, "CAD", {str(n): f"Lot {n}" for n in range(1, 5)})
+
+
+@contextmanager
+def running_driver(port: str, sink: Any, **options: Any) -> Iterator[SerialDriver]:
+    opts = SerialDriver.parse_options("drivers[0]", {"port": port, **options})
+    driver = SerialDriver("meter-1", opts, sink, DriverContext("PS-TEST", ZONE))
+    driver.start()
+    try:
+        eventually(lambda: driver.health.connected, what="port open")
+        yield driver
+    finally:
+        driver.stop()
+        assert driver.finished
+
+
+def sale(txn: str, **extra: str) -> bytes:
+    fields = {
+        "TXN": txn,
+        "PLATE": "PL8RDR",
+        "ZONE": "4",
+        "AMT": "2.50",
+        "START": "2030-07-02T05:00:00",
+        "END": "2030-07-02T06:00:00",
+        **extra,
+    }
+    return format_kv(fields)
+
+
+def journal_rows(path: Path) -> list[tuple[str | None, str, bytes]]:
+    db = sqlite3.connect(path, timeout=10)
+    try:
+        return db.execute("SELECT txn, state, raw FROM records ORDER BY id").fetchall()
+    finally:
+        db.close()
+
+
+# -- in process: every answer byte ---------------------------------------------------------
+
+
+def test_ack_is_written_only_after_the_commit_and_a_refusal_is_naked(
+    pty: Pty, journal: Journal
+) -> None:
+    intake = Intake(journal, "PS-TEST", rules())
+    observed: list[tuple[bool, bool]] = []
+    refuse = threading.Event()
+
+    class ObservingSink:
+        """The real intake, then a look from outside: is the record committed (visible to
+        another connection), and has any answer byte reached the device yet?"""
+
+        def submit(self, record: HardwareRecord) -> Receipt:
+            if refuse.is_set():
+                return Receipt.REFUSED
+            receipt = intake.submit(record)
+            committed = record.raw in [raw for _, _, raw in journal_rows(journal.path)]
+            observed.append((committed, pty.nothing_written(0.2)))
+            return receipt
+
+    with running_driver(pty.path, ObservingSink()) as driver:
+        pty.write(FRAMER.encode(sale("A-1")))
+        assert pty.answer() == ACK
+        assert observed == [(True, True)]  # committed, and no ACK had been written before
+
+        refuse.set()
+        pty.write(FRAMER.encode(sale("A-2")))
+        assert pty.answer() == NAK
+        refuse.clear()
+        pty.write(FRAMER.encode(sale("A-2")))  # the meter resends the refused one
+        assert pty.answer() == ACK
+    assert [txn for txn, _, _ in journal_rows(journal.path)] == ["A-1", "A-2"]
+    assert driver.health.frames["refused"] == 1 and driver.health.frames["ok"] == 3
+
+
+def test_a_bad_lrc_is_naked_and_the_resend_stored_once(pty: Pty, journal: Journal) -> None:
+    frame = bytearray(FRAMER.encode(sale("B-1")))
+    frame[5] ^= 0x10
+    with running_driver(pty.path, Intake(journal, "PS-TEST", rules())) as driver:
+        pty.write(bytes(frame))
+        assert pty.answer() == NAK
+        pty.write(FRAMER.encode(sale("B-1")))
+        assert pty.answer() == ACK
+        pty.write(FRAMER.encode(sale("B-1")))  # its ACK was lost: the meter sends it again
+        assert pty.answer() == ACK
+    assert [(txn, state) for txn, state, _ in journal_rows(journal.path)] == [("B-1", "pending")]
+    frames = driver.health.frames
+    assert (frames["bad_checksum"], frames["ok"], frames["duplicate"]) == (1, 2, 1)
+
+
+def test_noise_is_skipped_and_a_broken_frame_naked(pty: Pty, journal: Journal) -> None:
+    rnd = random.Random(5)
+    with running_driver(pty.path, Intake(journal, "PS-TEST", rules())) as driver:
+        for n in range(20):
+            noise = bytes(rnd.choice([b for b in range(256) if b != STX]) for _ in range(20))
+            pty.write(noise + FRAMER.encode(sale(f"C-{n}")) + noise[:3])
+            assert pty.answer() == ACK
+        pty.write(b"\x02TXN=C-99|PLA")  # its ETX never came; the resend starts a new frame
+        pty.write(FRAMER.encode(sale("C-99")))
+        assert (pty.answer(), pty.answer()) == (NAK, ACK)
+    assert len(journal_rows(journal.path)) == 21
+    frames = driver.health.frames
+    assert (frames["ok"], frames["broken"], frames["bad_checksum"]) == (21, 1, 0)
+
+
+def test_an_unreadable_record_is_kept_as_rejected_and_acked(pty: Pty, journal: Journal) -> None:
+    with running_driver(pty.path, Intake(journal, "PS-TEST", rules())) as driver:
+        pty.write(FRAMER.encode(b"this is not key=value|=x"))
+        assert pty.answer() == ACK
+    assert journal_rows(journal.path) == [(None, "rejected", b"this is not key=value|=x")]
+    assert driver.health.frames["unparseable"] == 1
+
+
+def test_json_records_with_renamed_keys_and_a_sum_checksum(pty: Pty, journal: Journal) -> None:
+    doc = {"TXN": "D-1", "PLATENO": "AB 123", "ZONE": 4, "START": "2030-07-02T05:00:00"}
+    doc["MIN"] = 30
+    framer = StxEtxFramer("sum")
+    sink = Intake(journal, "PS-TEST", rules())
+    options = {"format": "json", "checksum": "sum", "renames": {"plateno": "PLATE"}}
+    with running_driver(pty.path, sink, **options):
+        pty.write(framer.encode(json.dumps(doc).encode()))
+        assert pty.answer() == ACK
+    record = journal.get(1)
+    assert record is not None and record.state == "pending"
+    assert record.fields["PLATE"] == "AB 123" and record.payload is not None
+
+
+def test_line_mode_stores_lines_and_never_writes(pty: Pty, journal: Journal) -> None:
+    with running_driver(pty.path, Intake(journal, "PS-TEST", rules()), framing="line"):
+        pty.write(sale("E-1") + b"\r\n" + sale("E-2") + b"\n\n")
+        eventually(lambda: len(journal_rows(journal.path)) == 2, what="two lines journaled")
+        assert pty.nothing_written(0.2)
+    assert [txn for txn, _, _ in journal_rows(journal.path)] == ["E-1", "E-2"]
+
+
+def test_bad_options_are_named_by_key() -> None:
+    with pytest.raises(ConfigErrors) as caught:
+        SerialDriver.parse_options(
+            "drivers[2]",
+            {"baudrate": "fast", "parity": "X", "stopbits": 3, "framing": "slip", "ack": 300},
+        )
+    text = str(caught.value)
+    for key in ("port", "baudrate", "parity", "stopbits", "framing", "ack"):
+        assert f"drivers[2].{key}:" in text
+
+
+def test_simulate_explains_a_port_it_cannot_open_and_a_bad_option(tmp_path: Path) -> None:
+    missing = cli("simulate", "--port", str(tmp_path / "ttyNONE"), "--count", "1")
+    assert missing.returncode == 1
+    assert f"could not open port {tmp_path / 'ttyNONE'}" in missing.stderr
+    bad = cli("simulate", "--port", "loop://", "--noise", "2")
+    assert bad.returncode == 1 and "--noise: expected 0 to 1, got 2.0" in bad.stderr
+
+
+def test_check_config_shows_a_serial_driver_resolved(tmp_path: Path) -> None:
+    drivers = """
+[[drivers]]
+kind = "serial"
+port = "/dev/ttyUSB0"
+stopbits = 1.5
+renames = { PLATENO = "PLATE" }
+"""
+    config = write_config(tmp_path, "http://127.0.0.1:9/push", drivers=drivers)
+    result = cli("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert 'kind = "serial"' in result.stdout and "stopbits = 1.5" in result.stdout
+    assert '{"PLATENO" = "PLATE"}' in result.stdout and "baudrate = 9600" in result.stdout
+
+
+# -- scenarios: the real agent and the real simulate, as subprocesses ----------------------
+
+
+def serial_driver(port: str, **extra: Any) -> str:
+    lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in extra.items())
+    return f'\n[[drivers]]\nkind = "serial"\nname = "meter-1"\nport = "{port}"\n{lines}\n'
+
+
+def run_agent(config: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(config), *extra],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=agent_env(),
+            cwd=ROOT,
+        )
+
+
+def simulate(port: str, acked: Path, *extra: str) -> subprocess.Popen[str]:
+    command = ["simulate", "--port", port, "--acked-file", str(acked), *extra]
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=agent_env(),
+        cwd=ROOT,
+    )
+
+
+def stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def lines_of(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def test_simulate_every_acked_sale_reaches_the_controller_once(
+    tmp_path: Path, emulator: ControllerEmulator, null_modem: tuple[Pty, Pty]
+) -> None:
+    agent_pty, meter_pty = null_modem
+    config = write_config(tmp_path, emulator.url, drivers=serial_driver(agent_pty.path))
+    log, acked = tmp_path / "agent.log", tmp_path / "acked.txt"
+    agent = run_agent(config, log)
+    meter = None
+    try:
+        eventually(lambda: "open (9600 8N1" in log.read_text(), what="port open")
+        meter = simulate(
+            meter_pty.path, acked, "--count", "50", "--rate", "500", "--seed", "3",
+            "--noise", "0.3", "--corrupt", "0.2", "--answer-timeout", "1", "--config", str(config),
+        )  # fmt: skip
+        out, err = meter.communicate(timeout=60)
+        assert meter.returncode == 0, err
+        counts = dict(part.split("=") for part in out.split())
+        assert counts["acked"] == "50" and int(counts["naked"]) >= 1
+        assert int(counts["resent"]) >= int(counts["naked"])
+        assert emulator.wait_for(50, timeout=30), log.read_text()
+    finally:
+        stop(agent)
+        if meter is not None:
+            stop(meter)
+    assert agent.returncode == 0
+    delivered = [a.payload["permitNo"] for a in emulator.accepted]
+    assert sorted(delivered) == sorted(lines_of(acked))  # all 50, each once
+
+
+def test_kill_9_while_the_meter_sends_loses_no_acked_sale(
+    tmp_path: Path, emulator: ControllerEmulator, null_modem: tuple[Pty, Pty]
+) -> None:
+    agent_pty, meter_pty = null_modem
+    config = write_config(tmp_path, emulator.url, drivers=serial_driver(agent_pty.path))
+    log, acked, journal = (
+        tmp_path / "agent.log",
+        tmp_path / "acked.txt",
+        tmp_path / "journal.sqlite3",
+    )
+    agent = run_agent(config, log)
+    meter = simulate(
+        meter_pty.path, acked, "--count", "60", "--rate", "100", "--answer-timeout", "0.3"
+    )
+    try:
+        eventually(lambda: len(lines_of(acked)) >= 15, what="sales acknowledged")
+        agent.kill()  # SIGKILL while the meter is sending
+        agent.wait()
+        acked_before = set(lines_of(acked))
+        journaled = {txn for txn, _, _ in journal_rows(journal)}
+        assert acked_before <= journaled  # every ACK was preceded by a durable commit
+
+        agent = run_agent(config, log)
+        out, err = meter.communicate(timeout=60)
+        assert meter.returncode == 0, err
+        assert out.startswith("acked=60 ")
+        eventually(
+            lambda: set(lines_of(acked)) <= {a.payload["permitNo"] for a in emulator.accepted},
+            timeout=30,
+            what="every acknowledged sale delivered",
+        )
+    finally:
+        stop(agent)
+        stop(meter)
+    assert {txn for txn, _, _ in journal_rows(journal)} == set(lines_of(acked))
+
+
+def test_the_port_vanishing_and_returning(tmp_path: Path, emulator: ControllerEmulator) -> None:
+    link = tmp_path / "ttyMETER"  # the configured port, like a udev symlink
+    repoint(link, first := Pty())
+    drivers = serial_driver(str(link), reconnect_max_s=0.5)
+    config = write_config(tmp_path, emulator.url, drivers=drivers)
+    log = tmp_path / "agent.log"
+    agent = run_agent(config, log, "--verbose")  # retries are logged at debug
+    second = None
+    try:
+        eventually(lambda: f"port {link} open" in log.read_text(), what="port open")
+        first.write(FRAMER.encode(sale("F-1")))
+        assert first.answer() == ACK
+
+        repoint(link, tmp_path / "unplugged")  # the device is gone, its path too
+        first.close()
+        eventually(lambda: log.read_text().count("still unavailable") >= 3, what="3 retries")
+
+        second = Pty()
+        repoint(link, second)  # plugged back in, on a new tty
+        eventually(lambda: "is back after" in log.read_text(), what="reconnected")
+        second.write(FRAMER.encode(sale("F-2")))
+        assert second.answer() == ACK
+        assert emulator.wait_for(2, timeout=30)
+    finally:
+        stop(agent)
+        if second is not None:
+            second.close()
+        first.close()
+    text = log.read_text()
+    assert text.count(f"port {link} lost:") == 1, text  # one warning per outage, not per retry
+    assert {a.payload["permitNo"] for a in emulator.accepted} == {"F-1", "F-2"}
+
+
+def repoint(link: Path, target: Pty | Path) -> None:
+    """Atomically (re)point ``link`` at a pty's slave or at a path."""
+    temporary = link.with_name(link.name + ".new")
+    temporary.symlink_to(target.path if isinstance(target, Pty) else target)
+    temporary.replace(link)
