@@ -4,8 +4,9 @@ the forwarder.
 Contract:
 
 * :meth:`Journal.append` commits (WAL, ``synchronous=FULL``) before it returns. Only then
-  may a driver acknowledge the record to the hardware. A repeat of a (station, TXN) already
-  journaled is reported as a duplicate, and is just as safe to acknowledge.
+  may a driver acknowledge the record to the hardware. A repeat of a (station, driver, TXN)
+  already journaled is reported as a duplicate, and is just as safe to acknowledge. Each
+  driver (each meter) has its own receipt numbers, so two meters may both send TXN 000123.
 * Every record has one state: ``pending`` (to send), ``held`` (zone not mapped yet),
   ``sent`` (the controller has it; its ``reference_id`` is kept), ``rejected`` (invalid at
   the source: it never became a payload) or ``dead`` (the controller refused it for good).
@@ -163,6 +164,8 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX attempts_record ON attempts (record_id, at);
     CREATE INDEX records_zone ON records (zone_code, state);
+    DROP INDEX records_txn;
+    CREATE UNIQUE INDEX records_txn ON records (station, source, txn) WHERE txn IS NOT NULL;
     """,
 )
 
@@ -230,8 +233,8 @@ class Journal:
     ) -> Appended:
         """Store one hardware record durably; return only once it is committed.
 
-        A repeat of a journaled (station, TXN) with the same fields is a resend: reported as
-        a duplicate, not stored again. The same TXN with *different* fields is a device
+        A repeat of a journaled (station, driver, TXN) with the same fields is a resend:
+        reported as a duplicate, not stored again. The same TXN with *different* fields is a device
         that reused a receipt number (a counter reset): that is a new sale, stored under
         ``TXN~2`` (``~3``…) and logged, never dropped.
         """
@@ -243,7 +246,7 @@ class Journal:
                     """INSERT INTO records (station, txn, source, state, raw, fields, payload,
                            zone_code, ends_at, received_at, updated_at, last_error)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                       ON CONFLICT (station, txn) WHERE txn IS NOT NULL DO NOTHING""",
+                       ON CONFLICT (station, source, txn) WHERE txn IS NOT NULL DO NOTHING""",
                     (
                         station,
                         variant,
@@ -270,8 +273,9 @@ class Journal:
                     record_id = int(cur.lastrowid or 0)
                     break
                 row = db.execute(
-                    "SELECT id, state, fields FROM records WHERE station = ? AND txn = ?",
-                    (station, variant),
+                    "SELECT id, state, fields FROM records "
+                    "WHERE station = ? AND source = ? AND txn = ?",
+                    (station, source, variant),
                 ).fetchone()
                 if json.loads(row[2]) == dict(fields):
                     return Appended(row[0], True, State(row[1]))

@@ -76,9 +76,20 @@ def test_duplicate_txn_is_reported_not_stored_twice(journal: Journal) -> None:
         state=State.PENDING,
         ends_at=0,
     )
+    other_meter = journal.append(
+        station="PS-1",
+        txn="42",
+        source="meter-2",
+        raw=b"a",
+        fields={},
+        payload={},
+        state=State.PENDING,
+        ends_at=0,
+    )
     assert not first.duplicate and again.duplicate and again.id == first.id
     assert not other_station.duplicate
-    assert journal.counts()[State.PENDING] == 2
+    assert not other_meter.duplicate  # each meter numbers its own receipts
+    assert journal.counts()[State.PENDING] == 3
 
 
 def test_records_without_txn_are_never_merged(journal: Journal) -> None:

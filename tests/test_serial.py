@@ -437,3 +437,41 @@ def repoint(link: Path, target: Pty | Path) -> None:
     temporary = link.with_name(link.name + ".new")
     temporary.symlink_to(target.path if isinstance(target, Pty) else target)
     temporary.replace(link)
+
+
+def test_two_meters_on_two_ports_at_once(tmp_path: Path, emulator: ControllerEmulator) -> None:
+    first, second = (Pty(), Pty()), (Pty(), Pty())
+    relays = [Relay(*first), Relay(*second)]
+    drivers = serial_driver(first[0].path) + serial_driver(second[0].path).replace(
+        "meter-1", "meter-2"
+    )
+    config = write_config(tmp_path, emulator.url, drivers=drivers)
+    log = tmp_path / "agent.log"
+    agent = run_agent(config, log)
+    meters = []
+    try:
+        eventually(lambda: log.read_text().count("open (9600 8N1") == 2, what="both ports open")
+        meters = [
+            simulate(meter.path, tmp_path / f"acked-{i}.txt", "--count", "20", "--rate", "200",
+                     "--seed", str(i))
+            for i, (_, meter) in enumerate((first, second))
+        ]  # fmt: skip
+        for meter in meters:
+            out, err = meter.communicate(timeout=60)
+            assert meter.returncode == 0 and out.startswith("acked=20 "), err
+        assert emulator.wait_for(40, timeout=30), log.read_text()
+    finally:
+        stop(agent)
+        for meter in meters:
+            stop(meter)
+        for relay in relays:
+            relay.close()
+        for pair in (first, second):
+            for line in pair:
+                line.close()
+    db = sqlite3.connect(tmp_path / "journal.sqlite3")
+    sources = {r[0] for r in db.execute("SELECT DISTINCT source FROM records")}
+    db.close()
+    assert sources == {"meter-1", "meter-2"}
+    acked = lines_of(tmp_path / "acked-0.txt") + lines_of(tmp_path / "acked-1.txt")
+    assert sorted(a.payload["permitNo"] for a in emulator.accepted) == sorted(acked)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +34,17 @@ def test_unit_does_not_restart_on_a_config_error() -> None:
     text = UNIT.read_text()
     assert "RestartPreventExitStatus=78" in text
     assert "Type=notify" in text and "ExecReload=/bin/kill -HUP $MAINPID" in text
+
+
+@needs_analyze
+def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    # verify checks that ExecStart= exists: point it at this checkout's console script
+    script = Path(sys.executable).with_name("paystation-agent")
+    unit = tmp_path / UNIT.name
+    unit.write_text(
+        UNIT.read_text().replace("/opt/paystation-agent/bin/paystation-agent", str(script))
+    )
+    result = subprocess.run(
+        [str(ANALYZE), "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
