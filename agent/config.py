@@ -69,6 +69,7 @@ class AgentSettings:
     journal: Path
     retention_days: int = 30
     keep_plate_separators: bool = False
+    journal_max_mb: int | None = None  # None: as large as the disk allows
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ class ControllerSettings:
     currency: str = "CAD"
     timeout_s: float = 10.0
     concurrency: int = 4
-    backoff_max_s: float = 300.0
+    backoff_max_s: float = 60.0
+    auth_retry_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,14 @@ def parse_config(
     v.known_keys(
         "agent",
         agent_t,
-        {"station_id", "timezone", "journal", "retention_days", "keep_plate_separators"},
+        {
+            "station_id",
+            "timezone",
+            "journal",
+            "retention_days",
+            "keep_plate_separators",
+            "journal_max_mb",
+        },
     )
     station_id = v.get(agent_t, "agent", "station_id", str, required=True, default="")
     if station_id and not re.fullmatch(r"[A-Za-z0-9._-]{1,32}", station_id):
@@ -182,12 +191,23 @@ def parse_config(
     if retention < 1:
         v.error("agent.retention_days", f"expected a number of days >= 1, got {retention}")
     keep_sep = v.get(agent_t, "agent", "keep_plate_separators", bool, default=False)
+    max_mb = v.get(agent_t, "agent", "journal_max_mb", int, default=0)
+    if "journal_max_mb" in agent_t and max_mb < 1:
+        v.error("agent.journal_max_mb", f"expected a size in MB >= 1, got {max_mb}")
 
     ctl_t = v.table("controller", data.get("controller"), required=True)
     v.known_keys(
         "controller",
         ctl_t,
-        {"url", "token_file", "currency", "timeout_s", "concurrency", "backoff_max_s"},
+        {
+            "url",
+            "token_file",
+            "currency",
+            "timeout_s",
+            "concurrency",
+            "backoff_max_s",
+            "auth_retry_s",
+        },
     )
     url = v.get(ctl_t, "controller", "url", str, default=DEFAULT_URL)
     url_problem = check_url(url)
@@ -201,7 +221,8 @@ def parse_config(
     concurrency = v.get(ctl_t, "controller", "concurrency", int, default=4)
     if not 1 <= concurrency <= 32:
         v.error("controller.concurrency", f"expected 1 to 32 requests in flight, got {concurrency}")
-    backoff_max = v.number(ctl_t, "controller", "backoff_max_s", 300.0, low=1.0, high=3600.0)
+    backoff_max = v.number(ctl_t, "controller", "backoff_max_s", 60.0, low=1.0, high=3600.0)
+    auth_retry = v.number(ctl_t, "controller", "auth_retry_s", 60.0, low=1.0, high=3600.0)
 
     zones_t = v.table("zones", data.get("zones"), required=False)
     v.known_keys("zones", zones_t, {"unmapped", "map", "known"})
@@ -259,7 +280,9 @@ def parse_config(
     metrics = _metrics(v, v.table("metrics", data.get("metrics"), required=False))
 
     token_file = Path(token_file_s) if token_file_s else None
-    controller = ControllerSettings(url, token_file, currency, timeout_s, concurrency, backoff_max)
+    controller = ControllerSettings(
+        url, token_file, currency, timeout_s, concurrency, backoff_max, auth_retry
+    )
     try:
         resolve_token(controller, environ)
     except ConfigError as exc:
@@ -268,7 +291,9 @@ def parse_config(
     if v.errors:
         raise ConfigErrors(v.errors)
     return Config(
-        agent=AgentSettings(station_id, timezone, journal, retention, keep_sep),
+        agent=AgentSettings(
+            station_id, timezone, journal, retention, keep_sep, max_mb if max_mb > 0 else None
+        ),
         controller=controller,
         zones=ZoneSettings(unmapped, zone_map, tuple(known)),  # type: ignore[arg-type]
         drivers=tuple(drivers),

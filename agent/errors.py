@@ -6,6 +6,7 @@
     ├── MappingError       a hardware record cannot become a Push API payload;
     │                      carries the record field (``PLATE``, ``START``, ...)
     └── JournalError       the SQLite journal cannot do what was asked
+        ├── JournalCorruptError  the file is damaged: moved aside, rows salvaged, a new one
         └── JournalFullError (also an OSError)  the disk or the journal's size limit is full:
                            drivers NAK new frames, forwarding goes on
 
@@ -49,6 +50,10 @@ class MappingError(AgentError):
 
 class JournalError(AgentError):
     """The journal cannot do what was asked."""
+
+
+class JournalCorruptError(JournalError):
+    """The journal file is damaged or not SQLite at all (moved aside and rebuilt at start)."""
 
 
 class JournalFullError(JournalError, OSError):

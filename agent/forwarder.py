@@ -18,7 +18,6 @@ drain the moment the controller is back. :meth:`Forwarder.stop` interrupts every
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import threading
@@ -133,20 +132,29 @@ class Forwarder:
     # -- the worker -------------------------------------------------------------------------
 
     def _work(self) -> None:
+        unreleased: list[int] = []  # claims a failing journal could not give back yet
         while not self._stop.is_set():
+            unreleased = [i for i in unreleased if not self._release(i)]
             claim = self._next_claim()
             if claim is None:
                 continue
             try:
                 self._deliver(claim)
-            except JournalError as exc:
-                log.error("journal error while recording a delivery: %s", exc)
+            except Exception as exc:  # a worker must outlive any error: the record stays pending
+                if isinstance(exc, JournalError):
+                    log.error("journal error while forwarding record %d: %s", claim.id, exc)
+                else:
+                    log.exception("unexpected error while forwarding record %d", claim.id)
                 self._sleep(1.0)
-            except Exception:  # a worker must outlive any bug: the record stays pending
-                log.exception("unexpected error while forwarding record %d", claim.id)
-                self._sleep(1.0)
-                with contextlib.suppress(JournalError):
-                    self.journal.release(claim.id)
+                if not self._release(claim.id):
+                    unreleased.append(claim.id)
+
+    def _release(self, record_id: int) -> bool:
+        try:
+            self.journal.release(record_id)
+        except JournalError:
+            return False
+        return True
 
     def _next_claim(self) -> Claim | None:
         with self._cond:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from agent.errors import JournalError, JournalFullError, MappingError
-from agent.journal import Journal, State
+from agent.journal import Appended, Journal, State
 from agent.mapping import Mapped, MappingRules, map_record
 from drivers.base import HardwareRecord, Receipt
 
 log = logging.getLogger("agent.intake")
+MAKE_ROOM_AFTER_S = 3600.0
 
 
 class Intake:
@@ -26,6 +28,7 @@ class Intake:
         self.station_id = station_id
         self.rules = rules
         self._refusing = threading.Event()  # log a full disk once per episode
+        self.clock_skew: dict[str, float] = {}  # by driver: latest sale's start - now
 
     def submit(self, record: HardwareRecord) -> Receipt:
         txn = (record.fields.get("TXN") or "").strip() or None
@@ -36,9 +39,12 @@ class Intake:
                 mapped = map_record(record.fields, self.rules)
             except MappingError as exc:
                 error = str(exc)
+        if mapped is not None:
+            self._note_clock(record.source, mapped.starts_at)
         state = State.REJECTED if mapped is None else State.HELD if mapped.held else State.PENDING
-        try:
-            appended = self.journal.append(
+
+        def append() -> Appended:
+            return self.journal.append(
                 station=self.station_id,
                 txn=txn,
                 source=record.source,
@@ -50,6 +56,14 @@ class Intake:
                 ends_at=mapped.ends_at if mapped else None,
                 error=error,
             )
+
+        try:
+            try:
+                appended = append()
+            except JournalFullError:
+                if not self._make_room():
+                    raise
+                appended = append()
         except JournalFullError as exc:
             self._refuse(
                 f"{exc}; new records are refused (the hardware keeps them) until there is room"
@@ -75,6 +89,24 @@ class Intake:
                 mapped and mapped.zone_code,
             )
         return Receipt.STORED
+
+    def _make_room(self) -> bool:
+        """Full journal: delivered records sent over an hour ago give way to new sales."""
+        try:
+            freed = self.journal.make_room(time.time() - MAKE_ROOM_AFTER_S)
+        except JournalError:
+            return False
+        if freed:
+            log.warning(
+                "journal full: %d delivered record(s) pruned early to make room for new sales",
+                freed,
+            )
+        return freed > 0
+
+    def _note_clock(self, source: str, starts_at: float) -> None:
+        """How far a sale's start is from this PC's clock: a station clock set wrong shows
+        as a steady offset (sessions bought now start now)."""
+        self.clock_skew[source] = round(starts_at - time.time(), 1)
 
     def remap(
         self,

@@ -37,7 +37,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from agent.errors import JournalError, JournalFullError
+from agent.errors import JournalCorruptError, JournalError, JournalFullError
 
 log = logging.getLogger("agent.journal")
 SCHEMA_VERSION = 2
@@ -173,7 +173,13 @@ _MIGRATIONS: tuple[str, ...] = (
 class Journal:
     """The SQLite journal. Thread-safe: one connection, one lock, short transactions."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_bytes: int | None = None,
+    ) -> None:
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
@@ -192,11 +198,18 @@ class Journal:
             if mode != "wal":
                 raise JournalError(f"journal {path}: cannot use WAL mode (got {mode!r})")
             self._set_synchronous("FULL")
+            if self._db.execute("PRAGMA synchronous").fetchone()[0] != 2:
+                raise JournalError(f"journal {path}: SQLite refused synchronous=FULL")
             self._migrate()
             self._keep_owner()
+            if max_bytes is not None:
+                page = self._db.execute("PRAGMA page_size").fetchone()[0]
+                self._db.execute(f"PRAGMA max_page_count = {max(max_bytes // page, 16)}")
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise JournalError(f"journal {path} is not a usable SQLite database: {exc}") from exc
+            raise JournalCorruptError(
+                f"journal {path} is not a usable SQLite database: {exc}"
+            ) from exc
         except BaseException:
             self._db.close()
             raise
@@ -321,14 +334,20 @@ class Journal:
                 claims.append(Claim(record_id, json.loads(payload), attempts))
             return claims
 
-    def record_attempt(
-        self,
-        record_id: int,
-        attempt: Attempt,
-    ) -> None:
+    def record_attempt(self, record_id: int, attempt: Attempt) -> None:
         """Record one send's result: the record becomes ``sent`` or ``dead``, or stays
         claimed (``attempt.state is None``) for its next retry. Every attempt is kept in
-        the ``attempts`` table, in the same transaction, for ``dead show``."""
+        the ``attempts`` table, in the same transaction, for ``dead show``.
+
+        On a full journal the attempt's row is left out: updating the record rewrites
+        pages it already has, so a delivery is still recorded when nothing can grow.
+        """
+        try:
+            self._record_attempt(record_id, attempt, keep_row=True)
+        except JournalFullError:
+            self._record_attempt(record_id, attempt, keep_row=False)
+
+    def _record_attempt(self, record_id: int, attempt: Attempt, *, keep_row: bool) -> None:
         now = self._clock()
         state = attempt.state.value if attempt.state is not None else None
         with self._write(durable=False) as db:
@@ -357,15 +376,16 @@ class Journal:
                     int(attempt.unknown),
                     attempt.status,
                     attempt.error,
-                    attempt.body,
+                    attempt.body if keep_row else attempt.body[:200],
                     record_id,
                 ),
             )
-            db.execute(
-                """INSERT INTO attempts (record_id, at, outcome, status, error, body)
-                   VALUES (?, ?, ?, ?, ?, ?)""",
-                (record_id, now, attempt.outcome, attempt.status, attempt.error, attempt.body),
-            )
+            if keep_row:
+                db.execute(
+                    """INSERT INTO attempts (record_id, at, outcome, status, error, body)
+                       VALUES (?, ?, ?, ?, ?, ?)""",
+                    (record_id, now, attempt.outcome, attempt.status, attempt.error, attempt.body),
+                )
 
     def release(self, record_id: int) -> None:
         """Give a claim back unsent (the forwarder is stopping); it stays pending."""
@@ -583,6 +603,58 @@ class Journal:
             except sqlite3.Error:
                 return False
         return True
+
+    def import_rows(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
+        """Insert records salvaged from a damaged journal, keeping their ids and states.
+        A claim that was in flight counts as an unknown outcome, as after a crash."""
+        if not rows:
+            return 0
+        with self._lock:
+            known = {r[1] for r in self._db.execute("PRAGMA table_info(records)")}
+        keep = [i for i, name in enumerate(columns) if name in known]
+        names = [columns[i] for i in keep]
+        sql = (
+            f"INSERT OR IGNORE INTO records ({', '.join(names)}) "
+            f"VALUES ({', '.join('?' * len(names))})"
+        )
+        with self._write(durable=True) as db:
+            before = db.total_changes
+            for row in rows:
+                db.execute(sql, [row[i] for i in keep])
+            inserted = db.total_changes - before
+            db.execute(
+                """UPDATE records SET in_flight = 0, unknown_outcomes = unknown_outcomes + 1
+                   WHERE in_flight = 1"""
+            )
+        self._notify()
+        return inserted
+
+    def quick_check(self) -> str:
+        """SQLite's ``PRAGMA quick_check``: "ok", or what is wrong with the file."""
+        with self._lock:
+            try:
+                rows = self._db.execute("PRAGMA quick_check(5)").fetchall()
+            except sqlite3.DatabaseError as exc:
+                return str(exc)
+        return "; ".join(str(r[0]) for r in rows)
+
+    def make_room(self, sent_before: float, limit: int = 5_000) -> int:
+        """The journal is full: delete up to ``limit`` delivered records sent before
+        ``sent_before``, oldest first, so new sales fit (SQLite reuses the freed pages).
+        Undelivered records are never touched."""
+        with self._write(durable=False) as db:
+            ids = [
+                row[0]
+                for row in db.execute(
+                    """SELECT id FROM records INDEXED BY records_sent_at
+                       WHERE state = 'sent' AND sent_at < ? ORDER BY sent_at LIMIT ?""",
+                    (sent_before, limit),
+                )
+            ]
+            marks = ",".join("?" * len(ids))
+            db.execute(f"DELETE FROM attempts WHERE record_id IN ({marks})", ids)
+            db.execute(f"DELETE FROM records WHERE id IN ({marks})", ids)
+        return len(ids)
 
     def synchronous(self) -> int:
         """The connection's current ``PRAGMA synchronous`` (2 = FULL), read back from SQLite."""

@@ -82,6 +82,7 @@ class Mapped:
     payload: dict[str, str] | None
     zone_code: str | None
     ends_at: float  # UTC epoch seconds: sessions still running are sent first after an outage
+    starts_at: float = 0.0  # UTC epoch seconds: compared with this PC's clock
 
     @property
     def held(self) -> bool:
@@ -121,18 +122,18 @@ def map_record(fields: Mapping[str, str], rules: MappingRules) -> Mapped:
 
     zone_code = _text(fields, "ZONE") or None
     if zone_code is None:
-        return Mapped(payload, None, end.timestamp())
+        return Mapped(payload, None, end.timestamp(), start.timestamp())
     zone = rules.zone_map.get(zone_code)
     if zone is None:
         if rules.unmapped == "reject":
             raise MappingError("ZONE", f"zone code {zone_code!r} has no mapping in [zones.map]")
         if rules.unmapped == "hold":
-            return Mapped(None, zone_code, end.timestamp())
+            return Mapped(None, zone_code, end.timestamp(), start.timestamp())
         zone = zone_code
     # the vendor's key order: the zone comes right after the plate
     items = list(payload.items())
     items.insert(zone_at, ("zone", _limited("ZONE", zone, LIMITS["zone"])))
-    return Mapped(dict(items), zone_code, end.timestamp())
+    return Mapped(dict(items), zone_code, end.timestamp(), start.timestamp())
 
 
 def normalise_plate(plate: str, keep_separators: bool = False) -> str:

@@ -34,6 +34,7 @@ class AgentMetrics:
         journal: Journal,
         drivers: Sequence[Driver],
         controller_state: Callable[[], str],
+        clock_skew: Callable[[], dict[str, float]] = dict,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
@@ -48,7 +49,7 @@ class AgentMetrics:
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_JournalCollector(journal, drivers, controller_state))
+        self.registry.register(_JournalCollector(journal, drivers, controller_state, clock_skew))
         self._server: Any = None
 
     def observe_request(self, outcome: str, seconds: float) -> None:
@@ -84,8 +85,13 @@ class AgentMetrics:
 
 class _JournalCollector(Collector):
     def __init__(
-        self, journal: Journal, drivers: Sequence[Driver], controller_state: Callable[[], str]
+        self,
+        journal: Journal,
+        drivers: Sequence[Driver],
+        controller_state: Callable[[], str],
+        clock_skew: Callable[[], dict[str, float]],
     ) -> None:
+        self.clock_skew = clock_skew
         self.journal = journal
         self.drivers = drivers
         self.controller_state = controller_state
@@ -149,3 +155,11 @@ class _JournalCollector(Collector):
             connected.add_metric([driver.name], 1.0 if driver.health.connected else 0.0)
         yield frames
         yield connected
+        skew = GaugeMetricFamily(
+            "paystation_station_clock_skew_seconds",
+            "Latest sale's start time minus this PC's clock (a station clock set wrong)",
+            labels=["driver"],
+        )
+        for name, seconds in sorted(self.clock_skew().items()):
+            skew.add_metric([name], seconds)
+        yield skew

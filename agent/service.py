@@ -24,11 +24,12 @@ from agent.config import Config, Secret, load_config, resolve_token
 from agent.errors import AgentError, JournalError
 from agent.forwarder import Forwarder
 from agent.intake import Intake
-from agent.journal import Journal, State
+from agent.journal import State
 from agent.logs import add_secret
 from agent.mapping import MappingRules
 from agent.metrics import AgentMetrics
 from agent.notify import Notifier
+from agent.recovery import open_journal
 from agent.retry import RetryPolicy
 from agent.transport import HttpSender, Sender
 from drivers import create_driver
@@ -104,11 +105,12 @@ class Service:
         self._token: Secret = resolve_token(config.controller, environ)
         add_secret(self._token.reveal())
         self._lock_handle: IO[bytes] | None = None
-        self.journal = Journal(config.agent.journal)
+        self._take_lock(config.agent.journal)  # before anything may touch the journal
+        max_mb = config.agent.journal_max_mb
         try:
-            self._take_lock()
+            self.journal = open_journal(config.agent.journal, max_mb * 2**20 if max_mb else None)
         except BaseException:
-            self.journal.close()
+            self._release_lock()
             raise
         self.intake = Intake(
             self.journal, config.agent.station_id, MappingRules.from_config(config)
@@ -123,7 +125,11 @@ class Service:
             self.journal,
             self.sender,
             concurrency=config.controller.concurrency,
-            policy=RetryPolicy(max_s=config.controller.backoff_max_s),
+            policy=RetryPolicy(
+                max_s=config.controller.backoff_max_s,
+                pause_initial_s=config.controller.auth_retry_s,
+                pause_max_s=max(config.controller.auth_retry_s, 600.0),
+            ),
             secret_text=lambda: self._token.reveal(),
             observe=self._observe_request,
         )
@@ -131,20 +137,30 @@ class Service:
         self.drivers: list[Driver] = [
             create_driver(d.kind, d.name, d.options, self.intake, context) for d in config.drivers
         ]
-        self.metrics = AgentMetrics(self.journal, self.drivers, lambda: self.forwarder.health.state)
+        self.metrics = AgentMetrics(
+            self.journal,
+            self.drivers,
+            lambda: self.forwarder.health.state,
+            lambda: dict(self.intake.clock_skew),
+        )
 
     def _observe_request(self, outcome: str, seconds: float) -> None:
         self.metrics.observe_request(outcome, seconds)
 
-    def _take_lock(self) -> None:
-        path = lock_path(self.journal.path)
-        handle = open(path, "ab")  # noqa: SIM115 - held open for the service's lifetime
+    def _take_lock(self, journal: Path) -> None:
+        try:
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(lock_path(journal), "ab")  # noqa: SIM115 - held while running
+        except OSError as exc:
+            raise JournalError(
+                f"cannot use the journal's directory {journal.parent}: {exc}"
+            ) from exc
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
             raise AlreadyRunning(
-                f"another paystation-agent run is using the journal {self.journal.path}"
+                f"another paystation-agent run is using the journal {journal}"
             ) from None
         handle.truncate(0)
         handle.write(f"{os.getpid()}\n".encode())
@@ -231,6 +247,7 @@ class Service:
                 "last_frame_at": d.health.last_frame_at,
                 "frames": dict(d.health.frames),
                 "detail": d.health.detail,
+                "clock_skew_s": self.intake.clock_skew.get(d.name),
             }
             for d in self.drivers
         }
@@ -287,9 +304,13 @@ class Service:
         self.forwarder.stop()
         self.metrics.close()
         self.journal.close()
+        self._release_lock()
+        log.info("stopped")
+
+    def _release_lock(self) -> None:
         if self._lock_handle is not None:
             self._lock_handle.close()
-        log.info("stopped")
+            self._lock_handle = None
 
     def _prune(self) -> None:
         cutoff = time.time() - self.config.agent.retention_days * 86400

@@ -16,6 +16,8 @@ from typing import Any
 from agent.journal import Journal, State
 from agent.service import service_running
 
+CLOCK_TOLERANCE_S = 300.0
+
 
 def collect(journal: Journal, default_currency: str = "CAD") -> dict[str, Any]:
     counts = journal.counts()
@@ -101,9 +103,23 @@ def render(status: dict[str, Any]) -> str:
         last = port.get("last_frame_at")
         age = format_age(_age_of(last)) if last else "never"
         rows.append((f"port {name}", f"{state}, last frame {age} ago; {frames or 'no frames'}"))
+        warning = clock_warning(port.get("clock_skew_s"))
+        if warning:
+            rows.append((f"clock {name}", warning))
     rows.append(("journal", status["journal"]))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def clock_warning(skew_s: float | None) -> str | None:
+    """A station clock more than CLOCK_TOLERANCE_S off this PC's, in words."""
+    if skew_s is None or abs(skew_s) <= CLOCK_TOLERANCE_S:
+        return None
+    direction = "ahead of" if skew_s > 0 else "behind"
+    return (
+        f"CHECK THE STATION'S CLOCK: its latest sale starts {format_age(abs(skew_s))} "
+        f"{direction} this PC's time (records are still sent as the station stamped them)"
+    )
 
 
 def one_line(status: dict[str, Any]) -> str:

@@ -125,7 +125,7 @@ def test_complete_config_loads_into_the_expected_objects(tmp_path: Path) -> None
             currency="CAD",
             timeout_s=10.0,
             concurrency=4,
-            backoff_max_s=300.0,
+            backoff_max_s=60.0,
         ),
         zones=ZoneSettings(unmapped="hold", map={"4": "Lot 4", "12": "Level 2 - Visitors"}),
         drivers=(
@@ -212,7 +212,7 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert config.agent.retention_days == 30
     assert config.agent.keep_plate_separators is False
     assert config.agent.journal == tmp_path / "state" / "journal.sqlite3"
-    assert config.controller == ControllerSettings(DEFAULT_URL, None, "CAD", 10.0, 4, 300.0)
+    assert config.controller == ControllerSettings(DEFAULT_URL, None, "CAD", 10.0, 4, 60.0)
     assert config.controller.url == PUSH_URL
     assert config.zones == ZoneSettings("hold", {})
     assert config.drivers == (DriverSettings("simulated", "simulated0", SimulatedOptions()),)
@@ -394,8 +394,23 @@ def assert_unknown_key(message: str, head: str, listed: set[str]) -> None:
     assert listed <= set(names)
 
 
-AGENT_KEYS = {"station_id", "timezone", "journal", "retention_days", "keep_plate_separators"}
-CONTROLLER_KEYS = {"url", "token_file", "currency", "timeout_s", "concurrency", "backoff_max_s"}
+AGENT_KEYS = {
+    "station_id",
+    "timezone",
+    "journal",
+    "retention_days",
+    "keep_plate_separators",
+    "journal_max_mb",
+}
+CONTROLLER_KEYS = {
+    "url",
+    "token_file",
+    "currency",
+    "timeout_s",
+    "concurrency",
+    "backoff_max_s",
+    "auth_retry_s",
+}
 SIMULATED_KEYS = {"rate", "count", "seed", "invalid_rate", "zones"}
 
 

@@ -111,7 +111,10 @@ def times(
 def test_vendor_example_gives_exactly_the_vendor_payload() -> None:
     mapped = map_record(VENDOR_FIELDS, RULES)
     assert mapped == Mapped(
-        VENDOR_PAYLOAD, "4", datetime(2018, 7, 2, 9, 30, tzinfo=UTC).timestamp()
+        VENDOR_PAYLOAD,
+        "4",
+        ends_at=datetime(2018, 7, 2, 9, 30, tzinfo=UTC).timestamp(),
+        starts_at=datetime(2018, 7, 2, 9, 0, tzinfo=UTC).timestamp(),
     )
     assert not mapped.held
 
@@ -477,7 +480,8 @@ def test_mapped_zone_code_is_sent_as_the_opscom_name() -> None:
 def test_unmapped_zone_is_held_by_default() -> None:
     mapped = map_record(minimal(ZONE="9"), RULES)
     assert mapped.held
-    assert mapped == Mapped(None, "9", datetime(2018, 7, 2, 9, 30, tzinfo=UTC).timestamp())
+    assert (mapped.payload, mapped.zone_code) == (None, "9")
+    assert mapped.ends_at == datetime(2018, 7, 2, 9, 30, tzinfo=UTC).timestamp()
 
 
 def test_unmapped_zone_sent_raw_when_configured() -> None:
