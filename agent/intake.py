@@ -19,7 +19,7 @@ from agent.mapping import Mapped, MappingRules, map_record
 from drivers.base import HardwareRecord, Receipt
 
 log = logging.getLogger("agent.intake")
-MAKE_ROOM_AFTER_S = 3600.0
+MAKE_ROOM_AFTER_S = 0.0  # any delivered record, oldest first: a sale outweighs its audit copy
 
 
 class Intake:
@@ -91,7 +91,8 @@ class Intake:
         return Receipt.STORED
 
     def _make_room(self) -> bool:
-        """Full journal: delivered records sent over an hour ago give way to new sales."""
+        """Full journal: the oldest delivered records give way to new sales (the controller
+        has them, with their reference_id)."""
         try:
             freed = self.journal.make_room(time.time() - MAKE_ROOM_AFTER_S)
         except JournalError:

@@ -55,6 +55,22 @@ class State(StrEnum):
 
 
 @dataclass(frozen=True)
+class NewRecord:
+    """One hardware record to journal, as the intake built it."""
+
+    station: str
+    txn: str | None  # the device's receipt number; None: never deduplicated
+    source: str  # the driver's name
+    raw: bytes
+    fields: Mapping[str, str]
+    payload: Mapping[str, str] | None  # None while held or when rejected
+    state: State
+    zone_code: str | None = None
+    ends_at: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class Appended:
     id: int
     duplicate: bool
@@ -230,71 +246,67 @@ class Journal:
         """Call ``listener`` after every commit that may give the forwarder work."""
         self._listeners.append(listener)
 
-    def append(
-        self,
-        *,
-        station: str,
-        txn: str | None,
-        source: str,
-        raw: bytes,
-        fields: Mapping[str, str],
-        payload: Mapping[str, str] | None,
-        state: State,
-        zone_code: str | None = None,
-        ends_at: float | None = None,
-        error: str | None = None,
-    ) -> Appended:
-        """Store one hardware record durably; return only once it is committed.
+    def append(self, **record: Any) -> Appended:
+        """Store one hardware record durably (see :class:`NewRecord` for the fields);
+        return only once it is committed."""
+        return self.append_many([NewRecord(**record)])[0]
+
+    def append_many(self, records: Sequence[NewRecord]) -> list[Appended]:
+        """Store records in one durable commit (group commit: one fsync for a burst).
 
         A repeat of a journaled (station, driver, TXN) with the same fields is a resend:
-        reported as a duplicate, not stored again. The same TXN with *different* fields is a device
-        that reused a receipt number (a counter reset): that is a new sale, stored under
-        ``TXN~2`` (``~3``…) and logged, never dropped.
+        reported as a duplicate, not stored again. The same TXN with *different* fields is
+        a device that reused a receipt number (a counter reset): that is a new sale, stored
+        under ``TXN~2`` (``~3``…) and logged, never dropped.
         """
         now = self._clock()
-        fields_json = _dump(fields)
         with self._write(durable=True) as db:
-            for variant in _txn_variants(txn):
-                cur = db.execute(
-                    """INSERT INTO records (station, txn, source, state, raw, fields, payload,
-                           zone_code, ends_at, received_at, updated_at, last_error)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                       ON CONFLICT (station, source, txn) WHERE txn IS NOT NULL DO NOTHING""",
-                    (
-                        station,
-                        variant,
-                        source,
-                        state.value,
-                        raw,
-                        fields_json,
-                        _dump(payload) if payload is not None else None,
-                        zone_code,
-                        ends_at,
-                        now,
-                        now,
-                        error,
-                    ),
-                )
-                if cur.rowcount:
-                    if variant != txn:
-                        log.warning(
-                            "station %s reused TXN %s for a different sale; stored as %s",
-                            station,
-                            txn,
-                            variant,
-                        )
-                    record_id = int(cur.lastrowid or 0)
-                    break
-                row = db.execute(
-                    "SELECT id, state, fields FROM records "
-                    "WHERE station = ? AND source = ? AND txn = ?",
-                    (station, source, variant),
-                ).fetchone()
-                if json.loads(row[2]) == dict(fields):
-                    return Appended(row[0], True, State(row[1]))
-        if state is State.PENDING:
+            results = [self._insert(db, record, now) for record in records]
+        if any(r.state is State.PENDING and not r.duplicate for r in results):
             self._notify()
-        return Appended(record_id, False, state)
+        return results
+
+    def _insert(self, db: sqlite3.Connection, r: NewRecord, now: float) -> Appended:
+        fields_json = _dump(r.fields)
+        payload = _dump(r.payload) if r.payload is not None else None
+        for variant in _txn_variants(r.txn):
+            cur = db.execute(
+                """INSERT INTO records (station, txn, source, state, raw, fields, payload,
+                       zone_code, ends_at, received_at, updated_at, last_error)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (station, source, txn) WHERE txn IS NOT NULL DO NOTHING""",
+                (
+                    r.station,
+                    variant,
+                    r.source,
+                    r.state.value,
+                    r.raw,
+                    fields_json,
+                    payload,
+                    r.zone_code,
+                    r.ends_at,
+                    now,
+                    now,
+                    r.error,
+                ),
+            )
+            if cur.rowcount:
+                if variant != r.txn:
+                    log.warning(
+                        "%s reused TXN %s for a different sale; stored as %s",
+                        r.source,
+                        r.txn,
+                        variant,
+                    )
+                return Appended(int(cur.lastrowid or 0), False, r.state)
+            row = db.execute(
+                "SELECT id, state, fields FROM records "
+                "WHERE station = ? AND source = ? AND txn = ?",
+                (r.station, r.source, variant),
+            ).fetchone()
+            if json.loads(row[2]) == dict(r.fields):
+                return Appended(row[0], True, State(row[1]))
+        raise AssertionError("unreachable: _txn_variants is endless")
 
     def recover_in_flight(self) -> int:
         """At start: claims left by a crash had an unknown outcome; make them pending again."""
@@ -638,7 +650,7 @@ class Journal:
                 return str(exc)
         return "; ".join(str(r[0]) for r in rows)
 
-    def make_room(self, sent_before: float, limit: int = 5_000) -> int:
+    def make_room(self, sent_before: float, limit: int = 500) -> int:
         """The journal is full: delete up to ``limit`` delivered records sent before
         ``sent_before``, oldest first, so new sales fit (SQLite reuses the freed pages).
         Undelivered records are never touched."""

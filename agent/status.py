@@ -53,6 +53,7 @@ def collect(journal: Journal, default_currency: str = "CAD") -> dict[str, Any]:
         "unsent_amounts": {k: f"{v:.2f}" for k, v in sorted(unsent.items())},
         "drivers": json.loads(meta.get("drivers", "{}")) if running else {},
         "journal": str(journal.path),
+        "journal_recovered": meta.get("journal_recovered"),
     }
 
 
@@ -107,6 +108,8 @@ def render(status: dict[str, Any]) -> str:
         if warning:
             rows.append((f"clock {name}", warning))
     rows.append(("journal", status["journal"]))
+    if status["journal_recovered"]:
+        rows.append(("JOURNAL", f"RECOVERED {status['journal_recovered']}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
