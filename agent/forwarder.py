@@ -217,7 +217,9 @@ class Forwarder:
                 state=state,
                 status=verdict.status,
                 error=None if verdict.delivered else verdict.reason,
-                body=body_text,
+                # a delivery's proof is its reference_id; the body is kept only for failures
+                # (dead show), which spares the flash a copy of every 200 answer
+                body="" if verdict.delivered else body_text,
                 reference_id=verdict.reference_id,
                 internal_reference_id=verdict.internal_reference_id,
                 already_existed=verdict.outcome is Outcome.ALREADY_DELIVERED,

@@ -61,8 +61,8 @@ class Intake:
             try:
                 appended = append()
             except JournalFullError:
-                if not self._make_room():
-                    raise
+                if self.journal.disk_full or not self._make_room():
+                    raise  # deleting rows frees no disk: wait for space to return
                 appended = append()
         except JournalFullError as exc:
             self._refuse(

@@ -27,11 +27,12 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -42,6 +43,9 @@ from agent.errors import JournalCorruptError, JournalError, JournalFullError
 log = logging.getLogger("agent.journal")
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
+# With a size limit, new records may fill all but 1/RESERVE_FRACTION of it: the rest lets a
+# full journal still record deliveries and make room.
+RESERVE_FRACTION = 8
 SQLITE_FULL = 13
 PRUNE_BATCH = 1_000
 
@@ -195,6 +199,7 @@ class Journal:
         *,
         clock: Callable[[], float] = time.time,
         max_bytes: int | None = None,
+        reserve_bytes: int = 0,
     ) -> None:
         self.path = path
         self._clock = clock
@@ -218,9 +223,12 @@ class Journal:
                 raise JournalError(f"journal {path}: SQLite refused synchronous=FULL")
             self._migrate()
             self._keep_owner()
+            self._intake_pages: int | None = None
             if max_bytes is not None:
                 page = self._db.execute("PRAGMA page_size").fetchone()[0]
-                self._db.execute(f"PRAGMA max_page_count = {max(max_bytes // page, 16)}")
+                pages = max(max_bytes // page, 64)
+                self._db.execute(f"PRAGMA max_page_count = {pages}")
+                self._intake_pages = pages - pages // RESERVE_FRACTION
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise JournalCorruptError(
@@ -229,6 +237,7 @@ class Journal:
         except BaseException:
             self._db.close()
             raise
+        self._reserve = DiskReserve(path.with_name(path.name + "-reserve"), reserve_bytes)
 
     def close(self) -> None:
         with self._lock:
@@ -260,7 +269,17 @@ class Journal:
         under ``TXN~2`` (``~3``…) and logged, never dropped.
         """
         now = self._clock()
+        if not self._reserve.ready():
+            raise JournalFullError(
+                f"journal {self.path}: disk full (its reserve is in use until "
+                f"{self._reserve.size // 2**20 * 2} MB are free again)"
+            )
         with self._write(durable=True) as db:
+            if self._over_intake_limit(db):
+                raise JournalFullError(
+                    f"journal {self.path}: size limit reached "
+                    f"(journal_max_mb, {RESERVE_FRACTION - 1}/{RESERVE_FRACTION} for new records)"
+                )
             results = [self._insert(db, record, now) for record in records]
         if any(r.state is State.PENDING and not r.duplicate for r in results):
             self._notify()
@@ -351,18 +370,25 @@ class Journal:
         claimed (``attempt.state is None``) for its next retry. Every attempt is kept in
         the ``attempts`` table, in the same transaction, for ``dead show``.
 
-        On a full journal the attempt's row is left out: updating the record rewrites
-        pages it already has, so a delivery is still recorded when nothing can grow.
+        On a full journal the attempt's row is left out, and if even the record's own
+        update does not fit, the oldest delivered records give way first: a delivery must
+        be recorded, or the same sale would be sent again and again.
         """
         try:
             self._record_attempt(record_id, attempt, keep_row=True)
         except JournalFullError:
-            self._record_attempt(record_id, attempt, keep_row=False)
+            try:
+                self._record_attempt(record_id, attempt, keep_row=False)
+            except JournalFullError:
+                freed = self.make_room(self._clock(), limit=50)
+                log.warning("journal full: %d delivered record(s) pruned early", freed)
+                self._record_attempt(record_id, attempt, keep_row=False)
 
     def _record_attempt(self, record_id: int, attempt: Attempt, *, keep_row: bool) -> None:
         now = self._clock()
         state = attempt.state.value if attempt.state is not None else None
         with self._write(durable=False) as db:
+            keep_row = keep_row and not self._over_intake_limit(db)
             db.execute(
                 """UPDATE records SET
                        state = coalesce(?, state),
@@ -683,16 +709,37 @@ class Journal:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._db
+                    self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    self._rollback()
                     raise
-                self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
                 if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:
+                    self._reserve.release_if_disk_full()
                     raise JournalFullError(f"journal {self.path}: disk full") from exc
                 raise JournalError(f"journal {self.path}: {exc}") from exc
+
+    @property
+    def disk_full(self) -> bool:
+        """The disk was full and its reserve is in use: new records are refused."""
+        return not self._reserve.ready()
+
+    def _over_intake_limit(self, db: sqlite3.Connection) -> bool:
+        """Past the share of ``max_bytes`` that new records may fill. The rest is kept for
+        bookkeeping, so that a full journal can still record deliveries (a reference_id,
+        an index entry) and the backlog drains instead of wedging."""
+        if self._intake_pages is None:
+            return False
+        used = db.execute("PRAGMA page_count").fetchone()[0]
+        used -= db.execute("PRAGMA freelist_count").fetchone()[0]
+        return bool(used >= self._intake_pages)
+
+    def _rollback(self) -> None:
+        """Undo an open transaction. SQLite may already have rolled it back by itself (it
+        does on a full disk), and a failing ROLLBACK must not hide the error that led here."""
+        if self._db.in_transaction:
+            with suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
     def _set_synchronous(self, level: str) -> None:
         if self._synchronous != level:
@@ -783,3 +830,58 @@ def _txn_variants(txn: str | None) -> Iterator[str | None]:
 
 def _dump(value: Mapping[str, str]) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class DiskReserve:
+    """A file of ``size`` zero bytes beside the journal, given back to the filesystem when
+    the disk is full so that the agent can still record deliveries, make room and drain
+    its backlog (a full disk must not wedge it). While it is given back, new records are
+    refused; it is laid down again, and records accepted, once the disk has twice its size
+    free. ``size`` 0: no reserve (the CLI's journals, tests)."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
+        self.released = False
+        if size:
+            self._lay_down()
+
+    def ready(self) -> bool:
+        if self.released and shutil.disk_usage(self.path.parent).free >= 2 * self.size:
+            self._lay_down()
+        return not self.released
+
+    def release_if_disk_full(self) -> None:
+        if not self.size or self.released:
+            return
+        if shutil.disk_usage(self.path.parent).free >= self.size:
+            return  # the journal's own size limit, not the disk: keep the reserve
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self.released = True
+        log.error(
+            "disk full under %s: reserve of %d MB given back so deliveries can still be "
+            "recorded; new records are refused until space returns",
+            self.path.parent,
+            self.size // 2**20,
+        )
+
+    def _lay_down(self) -> None:
+        try:
+            if self.path.exists() and self.path.stat().st_size >= self.size:
+                self.released = False
+                return
+            with open(self.path, "wb") as out:
+                out.write(bytes(self.size))  # real blocks: a sparse file would reserve nothing
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            if not self.released:
+                log.warning("cannot lay down a disk reserve at %s: %s", self.path, exc)
+            self.released = True
+            return
+        if self.released:
+            log.warning("disk space is back under %s: reserve laid down again", self.path.parent)
+        self.released = False

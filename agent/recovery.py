@@ -24,9 +24,9 @@ log = logging.getLogger("agent.recovery")
 SALVAGE_BATCH = 200
 
 
-def open_journal(path: Path, max_bytes: int | None = None) -> Journal:
+def open_journal(path: Path, max_bytes: int | None = None, reserve_bytes: int = 0) -> Journal:
     try:
-        journal = Journal(path, max_bytes=max_bytes)
+        journal = Journal(path, max_bytes=max_bytes, reserve_bytes=reserve_bytes)
     except JournalCorruptError as exc:
         problem = str(exc)
     else:
@@ -34,17 +34,17 @@ def open_journal(path: Path, max_bytes: int | None = None) -> Journal:
         if problem == "ok":
             return journal
         journal.close()
-    return _rebuild(path, problem, max_bytes)
+    return _rebuild(path, problem, max_bytes, reserve_bytes)
 
 
-def _rebuild(path: Path, problem: str, max_bytes: int | None) -> Journal:
+def _rebuild(path: Path, problem: str, max_bytes: int | None, reserve_bytes: int) -> Journal:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     for suffix in ("", "-wal", "-shm"):
         source = path.with_name(path.name + suffix)
         if source.exists():
             source.rename(aside.with_name(aside.name + suffix))
-    journal = Journal(path, max_bytes=max_bytes)
+    journal = Journal(path, max_bytes=max_bytes, reserve_bytes=reserve_bytes)
     recovered, lost = salvage(aside, journal)
     message = (
         f"journal {path} was unreadable ({problem}); moved aside to {aside.name}, "

@@ -37,6 +37,7 @@ from drivers.base import Driver, DriverContext
 
 log = logging.getLogger("agent.service")
 PRUNE_EVERY_S = 3600.0
+DISK_RESERVE_BYTES = 2 * 2**20  # given back when the disk is full, so deliveries are recorded
 STATUS_EVERY_S = 10.0
 HEALTH_EVERY_S = 2.0
 METRICS_EVERY_S = 15.0
@@ -108,7 +109,9 @@ class Service:
         self._take_lock(config.agent.journal)  # before anything may touch the journal
         max_mb = config.agent.journal_max_mb
         try:
-            self.journal = open_journal(config.agent.journal, max_mb * 2**20 if max_mb else None)
+            self.journal = open_journal(
+                config.agent.journal, max_mb * 2**20 if max_mb else None, DISK_RESERVE_BYTES
+            )
         except BaseException:
             self._release_lock()
             raise
