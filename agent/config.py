@@ -192,7 +192,7 @@ def parse_config(
         v.error("agent.retention_days", f"expected a number of days >= 1, got {retention}")
     keep_sep = v.get(agent_t, "agent", "keep_plate_separators", bool, default=False)
     max_mb = v.get(agent_t, "agent", "journal_max_mb", int, default=0)
-    if "journal_max_mb" in agent_t and max_mb < 1:
+    if isinstance(agent_t.get("journal_max_mb"), int) and max_mb < 1:
         v.error("agent.journal_max_mb", f"expected a size in MB >= 1, got {max_mb}")
 
     ctl_t = v.table("controller", data.get("controller"), required=True)
@@ -284,7 +284,8 @@ def parse_config(
         url, token_file, currency, timeout_s, concurrency, backoff_max, auth_retry
     )
     try:
-        resolve_token(controller, environ)
+        if not any(e.key == "controller.token_file" for e in v.errors):  # said once is enough
+            resolve_token(controller, environ)
     except ConfigError as exc:
         v.errors.append(exc)
 
@@ -407,7 +408,10 @@ class _Validator:
         self.errors: list[ConfigError] = []
 
     def error(self, key: str, problem: str) -> None:
-        self.errors.append(ConfigError(key, problem))
+        """Record a problem; a key already found wrong keeps its first (most specific)
+        message, so a value of the wrong type is not also reported as out of range."""
+        if not any(e.key == key for e in self.errors):
+            self.errors.append(ConfigError(key, problem))
 
     def table(self, key: str, value: Any, *, required: bool) -> dict[str, Any]:
         if value is None:
