@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+from agent.journal import Journal
+from drivers.records import parse_kv
+from tests.test_serial import ZONE
 
 SOAK = os.environ.get("PAYSTATION_SOAK") == "1"
 SEED = int(os.environ.get("PAYSTATION_SOAK_SEED", "20261128"))
@@ -19,3 +26,41 @@ def report(name: str, **figures: Any) -> None:
     if path:
         with open(path, "a", encoding="utf-8") as out:
             out.write(line + "\n")
+
+
+def fill_journal(
+    path: Path, pending: int, sent: int = 0, prefix: str = "T", running: int = 0
+) -> list[str]:
+    """A journal as the service leaves it, through the real intake and journal API: ``sent``
+    delivered records (with a reference_id), then ``pending`` ones, of which the last
+    ``running`` are sessions that have not ended yet. Returns the TXNs in journal order."""
+    from agent.journal import Attempt, Journal, State
+
+    txns = [f"{prefix}-{n}" for n in range(sent + pending)]
+
+    def local(offset_s: float) -> str:  # the station's zone (rules()) is America/Toronto
+        return datetime.fromtimestamp(time.time() + offset_s, ZONE).strftime("%Y-%m-%dT%H:%M:%S")
+
+    ended = {"START": local(-2 * 86400), "END": local(-2 * 86400 + 3600)}
+    still_running = {"START": local(-600), "END": local(7200)}
+    with Journal(path) as journal:
+        for n, txn in enumerate(txns):
+            times = still_running if n >= len(txns) - running else ended
+            submit_sale(journal, txn, PLATE=f"P{n:06d}", **times)
+        for claim in journal.claim(sent):
+            journal.record_attempt(
+                claim.id,
+                Attempt("delivered", State.SENT, 200, None, "", reference_id=f"R-{claim.id}"),
+            )
+    return txns
+
+
+def submit_sale(journal: Journal, txn: str, **fields: str) -> None:
+    """One sale through the real intake (mapping, then one durable append), as a driver
+    hands it over."""
+    from agent.intake import Intake
+    from drivers.base import HardwareRecord
+    from tests.test_serial import rules, sale
+
+    raw = sale(txn, **fields)
+    Intake(journal, "PS-TEST", rules()).submit(HardwareRecord(raw, parse_kv(raw), "meter-1"))
