@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test check bench clean
+.PHONY: demo test soak check bench bench-large clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "paystation-agent needs Python 3.11 or newer; run: make PYTHON=python3.11 ...")'
@@ -17,6 +17,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# The scenario suite, long: minutes of seeded faults and kills, a 100 000-record outage.
+# Figures go to soak-report.jsonl (one JSON line per scenario); a new seed: SEED=n.
+soak: $(STAMP)
+	rm -f soak-report.jsonl
+	PAYSTATION_SOAK=1 PAYSTATION_SOAK_SEED=$${SEED:-20261128} PAYSTATION_SOAK_REPORT=soak-report.jsonl \
+		$(BIN)/pytest -q tests/scenarios
+	@cat soak-report.jsonl
 
 check: $(STAMP)
 	$(BIN)/ruff check .

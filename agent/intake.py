@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from agent.errors import JournalError, JournalFullError, MappingError
-from agent.journal import Appended, Journal, State
+from agent.journal import Appended, Journal, NewRecord, State
 from agent.mapping import Mapped, MappingRules, map_record
 from drivers.base import HardwareRecord, Receipt
 
@@ -28,9 +29,46 @@ class Intake:
         self.station_id = station_id
         self.rules = rules
         self._refusing = threading.Event()  # log a full disk once per episode
+        self._cond = threading.Condition()
+        self._queue: list[_Ticket] = []
+        self._committing = False
         self.clock_skew: dict[str, float] = {}  # by driver: latest sale's start - now
 
     def submit(self, record: HardwareRecord) -> Receipt:
+        return self.submit_many([record])[0]
+
+    def submit_many(self, records: Sequence[HardwareRecord]) -> list[Receipt]:
+        """Journal records and say, for each, whether the driver may acknowledge it.
+
+        Group commit: records submitted at the same time (a meter's burst, several drivers)
+        share one durable commit. The first caller to find no commit under way writes
+        everything queued so far; the others wait for that commit and get their receipts.
+        Every receipt is given only after the commit that holds its record returned.
+        """
+        ticket = _Ticket([self._prepare(r) for r in records])
+        with self._cond:
+            self._queue.append(ticket)
+            while ticket.receipts is None and self._committing:
+                self._cond.wait()
+            if ticket.receipts is not None:
+                return ticket.receipts
+            self._committing = True
+            batch, self._queue = self._queue, []
+        try:
+            self._commit(batch)
+        except Exception:  # a bug must not leave other drivers waiting: NAK, they resend
+            log.exception("cannot store records")
+            for waiting in batch:
+                waiting.receipts = waiting.receipts or [Receipt.REFUSED] * len(waiting.rows)
+        finally:
+            with self._cond:
+                self._committing = False
+                self._cond.notify_all()
+        assert ticket.receipts is not None
+        return ticket.receipts
+
+    def _prepare(self, record: HardwareRecord) -> NewRecord:
+        """Map a record (outside any lock) into the row to journal."""
         txn = (record.fields.get("TXN") or "").strip() or None
         mapped: Mapped | None = None
         error = record.error
@@ -42,52 +80,59 @@ class Intake:
         if mapped is not None:
             self._note_clock(record.source, mapped.starts_at)
         state = State.REJECTED if mapped is None else State.HELD if mapped.held else State.PENDING
+        return NewRecord(
+            station=self.station_id,
+            txn=txn,
+            source=record.source,
+            raw=record.raw,
+            fields=record.fields,
+            payload=mapped.payload if mapped else None,
+            state=state,
+            zone_code=mapped.zone_code if mapped else record.fields.get("ZONE"),
+            ends_at=mapped.ends_at if mapped else None,
+            error=error,
+        )
 
-        def append() -> Appended:
-            return self.journal.append(
-                station=self.station_id,
-                txn=txn,
-                source=record.source,
-                raw=record.raw,
-                fields=record.fields,
-                payload=mapped.payload if mapped else None,
-                state=state,
-                zone_code=mapped.zone_code if mapped else record.fields.get("ZONE"),
-                ends_at=mapped.ends_at if mapped else None,
-                error=error,
-            )
-
+    def _commit(self, batch: list[_Ticket]) -> None:
+        rows = [row for ticket in batch for row in ticket.rows]
         try:
             try:
-                appended = append()
+                appended = self.journal.append_many(rows)
             except JournalFullError:
                 if self.journal.disk_full or not self._make_room():
                     raise  # deleting rows frees no disk: wait for space to return
-                appended = append()
+                appended = self.journal.append_many(rows)
         except JournalFullError as exc:
             self._refuse(
                 f"{exc}; new records are refused (the hardware keeps them) until there is room"
             )
-            return Receipt.REFUSED
+            appended = None
         except JournalError as exc:
             self._refuse(f"cannot store records: {exc}")
-            return Receipt.REFUSED
-        if self._refusing.is_set():
+            appended = None
+        if appended is not None and self._refusing.is_set():
             self._refusing.clear()
             log.warning("journal accepts records again")
+        results = iter(appended or [])
+        for ticket in batch:
+            if appended is None:
+                ticket.receipts = [Receipt.REFUSED] * len(ticket.rows)
+            else:
+                ticket.receipts = [self._receipt(row, next(results)) for row in ticket.rows]
+
+    def _receipt(self, row: NewRecord, appended: Appended) -> Receipt:
         if appended.duplicate:
             return Receipt.DUPLICATE
-        if state is State.REJECTED:
+        if row.state is State.REJECTED:
             log.warning(
-                "record %d (TXN %s) is invalid and kept as rejected: %s", appended.id, txn, error
+                "record %d (TXN %s) is invalid and kept as rejected: %s",
+                appended.id,
+                row.txn,
+                row.error,
             )
             return Receipt.REJECTED
-        if state is State.HELD:
-            log.info(
-                "record %d held: zone code %r has no mapping",
-                appended.id,
-                mapped and mapped.zone_code,
-            )
+        if row.state is State.HELD:
+            log.info("record %d held: zone code %r has no mapping", appended.id, row.zone_code)
         return Receipt.STORED
 
     def _make_room(self) -> bool:
@@ -135,3 +180,11 @@ class Intake:
         if not self._refusing.is_set():
             self._refusing.set()
             log.error(message)
+
+
+@dataclass
+class _Ticket:
+    """One caller's records waiting for a group commit, and then their receipts."""
+
+    rows: list[NewRecord]
+    receipts: list[Receipt] | None = None

@@ -17,10 +17,10 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 from zoneinfo import ZoneInfo
 
 
@@ -52,6 +52,13 @@ class Receipt(StrEnum):
 
 class RecordSink(Protocol):
     def submit(self, record: HardwareRecord) -> Receipt: ...
+
+
+@runtime_checkable
+class BatchSink(RecordSink, Protocol):
+    """A sink that stores several records in one durable commit (the intake does)."""
+
+    def submit_many(self, records: Sequence[HardwareRecord]) -> list[Receipt]: ...
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import serial
 
 from agent.config import option_reader
-from drivers.base import Driver, DriverContext, HardwareRecord, Receipt, RecordSink
+from drivers.base import (
+    BatchSink,
+    Driver,
+    DriverContext,
+    HardwareRecord,
+    Receipt,
+    RecordSink,
+)
 from drivers.framing import (
     ACK,
     CHECKSUMS,
@@ -258,8 +265,7 @@ class SerialDriver(Driver):
                 while not self.stopping.is_set():
                     data = port.read(max(1, port.in_waiting))
                     received = received or bool(data)
-                    for event in framer.feed(data):
-                        self._handle(port, event)
+                    self._handle_all(port, framer.feed(data))
             except (serial.SerialException, OSError) as exc:
                 self._unavailable("lost", exc)
         return received
@@ -286,6 +292,35 @@ class SerialDriver(Driver):
             self.log.debug("port %s still unavailable: %s", self.options.port, exc)
 
     # -- frames --------------------------------------------------------------------------
+
+    def _handle_all(self, port: Port, events: list[Event]) -> None:
+        """Answer the frames of one read in their order. Records that arrived together (a
+        burst) are stored in one group commit, then ACKed each; a bad frame is NAKed in
+        its place."""
+        if self.options.framing == "line" or not isinstance(self.sink, BatchSink):
+            for event in events:
+                self._handle(port, event)
+            return
+        run: list[HardwareRecord] = []
+        for event in events:
+            if isinstance(event, BadFrame):
+                self._store_run(port, run)
+                run = []
+                self._handle(port, event)
+            else:
+                self.health.last_frame_at = time.time()
+                run.append(self._record(event.payload))
+        self._store_run(port, run)
+
+    def _store_run(self, port: Port, run: list[HardwareRecord]) -> None:
+        if not run:
+            return
+        assert isinstance(self.sink, BatchSink)
+        receipts = self.sink.submit_many(run) if len(run) > 1 else [self._submit(run[0])]
+        for receipt in receipts:
+            if len(run) > 1:
+                self._count(receipt)
+            self._answer(port, self.options.ack if receipt.safe else self.options.nak)
 
     def _handle(self, port: Port, event: Event) -> None:
         self.health.last_frame_at = time.time()
@@ -320,11 +355,14 @@ class SerialDriver(Driver):
 
     def _submit(self, record: HardwareRecord) -> Receipt:
         receipt = self.sink.submit(record)  # returns once the journal has committed
+        self._count(receipt)
+        return receipt
+
+    def _count(self, receipt: Receipt) -> None:
         if receipt is Receipt.DUPLICATE:
             self.health.frames["duplicate"] += 1
         elif receipt is Receipt.REFUSED:
             self.health.frames["refused"] += 1
-        return receipt
 
     def _answer(self, port: Port, byte: int) -> None:
         if self.options.framing != "line":

@@ -209,6 +209,53 @@ def test_a_bad_lrc_is_naked_and_the_resend_stored_once(pty: Pty, journal: Journa
     assert (frames["bad_checksum"], frames["ok"], frames["duplicate"]) == (1, 2, 1)
 
 
+def test_a_burst_shares_commits_and_is_answered_in_order(pty: Pty, journal: Journal) -> None:
+    """A meter that sends several frames before reading answers: the records share group
+    commits (fewer fsyncs than frames), each answer comes after its record's commit, and a
+    bad frame in the middle is NAKed in its place."""
+    commits: list[int] = []
+    append_many = journal.append_many
+
+    def counting(records: Any) -> Any:
+        committed = append_many(records)  # the real commit
+        commits.append(len(records))
+        return committed
+
+    journal.append_many = counting  # type: ignore[method-assign]
+    bad = bytearray(FRAMER.encode(sale("G-3")))
+    bad[6] ^= 0x01
+    burst = [FRAMER.encode(sale(f"G-{n}")) for n in range(3)] + [bytes(bad)]
+    burst += [FRAMER.encode(sale(f"G-{n}")) for n in range(4, 8)]
+    with running_driver(pty.path, Intake(journal, "PS-TEST", rules())):
+        pty.write(b"".join(burst))
+        answers = [pty.answer() for _ in burst]
+    assert answers == [ACK] * 3 + [NAK] + [ACK] * 4
+    stored = [txn for txn, _, _ in journal_rows(journal.path)]
+    assert stored == ["G-0", "G-1", "G-2", "G-4", "G-5", "G-6", "G-7"]
+    assert sum(commits) == 7 and max(commits) > 1, f"no group commit: {commits}"
+
+
+def test_concurrent_submits_share_a_commit_and_each_gets_its_receipt(journal: Journal) -> None:
+    intake = Intake(journal, "PS-TEST", rules())
+    receipts: dict[str, Receipt] = {}
+
+    def meter(name: str) -> None:
+        for n in range(50):
+            raw = sale(f"{name}-{n}")
+            record = HardwareRecord(
+                raw, dict(p.split("=", 1) for p in raw.decode().split("|")), name
+            )
+            receipts[f"{name}-{n}"] = intake.submit(record)
+
+    threads = [threading.Thread(target=meter, args=(f"m{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(receipts.values()) == {Receipt.STORED} and len(receipts) == 200
+    assert len(journal_rows(journal.path)) == 200
+
+
 def test_noise_is_skipped_and_a_broken_frame_naked(pty: Pty, journal: Journal) -> None:
     rnd = random.Random(5)
     with running_driver(pty.path, Intake(journal, "PS-TEST", rules())) as driver:

@@ -66,46 +66,12 @@ def submit_sale(journal: Journal, txn: str, **fields: str) -> None:
     Intake(journal, "PS-TEST", rules()).submit(HardwareRecord(raw, parse_kv(raw), "meter-1"))
 
 
-def fill_fast(path: Path, pending: int, running: int = 0, batch: int = 1_000) -> list[str]:
-    """A long outage's backlog, quickly but through the real journal API: each record is
-    mapped as the intake maps it and appended with group commits of ``batch`` records.
-    The last ``running`` records are sessions that have not ended yet."""
-    from agent.journal import Journal, NewRecord, State
-    from agent.mapping import map_record
-    from tests.test_serial import rules, sale
+def fill_fast(path: Path, pending: int, running: int = 0) -> list[str]:
+    """A long outage's backlog by group commits through the real journal API (the path the
+    benchmarks use). The last ``running`` records are sessions that have not ended yet."""
+    from bench.backlog import fill
 
-    mapping = rules()
-    now = time.time()
-
-    def local(offset_s: float) -> str:
-        return datetime.fromtimestamp(now + offset_s, ZONE).strftime("%Y-%m-%dT%H:%M:%S")
-
-    ended = {"START": local(-2 * 86400), "END": local(-2 * 86400 + 3600)}
-    still_running = {"START": local(-600), "END": local(7200)}
-    txns = [f"L-{n}" for n in range(pending)]
-    with Journal(path) as journal:
-        for low in range(0, pending, batch):
-            records = []
-            for n in range(low, min(low + batch, pending)):
-                times = still_running if n >= pending - running else ended
-                raw = sale(txns[n], PLATE=f"P{n:07d}", **times)
-                fields = parse_kv(raw)
-                mapped = map_record(fields, mapping)
-                records.append(
-                    NewRecord(
-                        "PS-TEST",
-                        txns[n],
-                        "meter-1",
-                        raw,
-                        fields,
-                        mapped.payload,
-                        State.PENDING,
-                        mapped.zone_code,
-                        mapped.ends_at,
-                    )
-                )
-            journal.append_many(records)
-    return txns
+    return fill(path, pending, running=running, station="PS-TEST")
 
 
 def peak_rss_mb(pid: int) -> float:

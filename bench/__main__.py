@@ -1,0 +1,484 @@
+"""``make bench``: ingest, drain, latency, memory, idle cost and flash wear of the real agent,
+each next to its anchor measured in the same run on the same machine.
+
+    python -m bench                 # everything but the 1M-record memory case
+    python -m bench --large         # also drain a 1 000 000-record backlog
+    python -m bench --only ingest   # one benchmark (ingest, drain, latency, memory, idle, wear)
+
+Prints a Markdown table (paste it into docs/benchmarks.md) and, with --json FILE, the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+
+from bench.backlog import ZONE, fill, sale_bytes
+from bench.common import (
+    TOKEN,
+    Agent,
+    Emulator,
+    Pty,
+    Usage,
+    count_sent,
+    free_port,
+    machine,
+    serial_driver,
+    wait_for,
+    write_config,
+)
+from drivers.framing import ACK, StxEtxFramer
+
+
+@dataclass(frozen=True)
+class Row:
+    bench: str
+    figure: str
+    value: float
+    unit: str
+    anchor: str = ""
+    anchor_value: float | None = None
+    goal: str = ""
+    met: bool | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.anchor_value:
+            return self.value / self.anchor_value
+        return None
+
+
+def frames(count: int, prefix: str) -> list[bytes]:
+    now = datetime.now(ZONE).replace(tzinfo=None, microsecond=0)
+    start, end = now.isoformat(), (now + timedelta(hours=1)).isoformat()
+    framer = StxEtxFramer()
+    return [framer.encode(sale_bytes(f"{prefix}-{n}", n, start, end)) for n in range(count)]
+
+
+# -- ingest ----------------------------------------------------------------------------------
+
+
+def feed(pty: Pty, batch: list[bytes], burst: int) -> None:
+    """A meter: send ``burst`` frames, then read their answers; every one must be ACK."""
+    for low in range(0, len(batch), burst):
+        chunk = batch[low : low + burst]
+        os.write(pty.master, b"".join(chunk))
+        answers = pty.read_answers(len(chunk))
+        if answers != bytes([ACK]) * len(chunk):
+            raise RuntimeError(f"not all ACKed: {answers!r}")
+
+
+def agent_ingest(work: Path, count: int, meters: int, burst: int) -> float:
+    """Frames per second ACKed by the running agent, controller down."""
+    work.mkdir()
+    ptys = [Pty() for _ in range(meters)]
+    drivers = "".join(
+        serial_driver(p.path).replace('"meter-1"', f'"meter-{i + 1}"') for i, p in enumerate(ptys)
+    )
+    dead = f"http://127.0.0.1:{free_port()}/push"  # nobody listens: the controller is down
+    agent = Agent(write_config(work, dead, drivers=drivers), work / "agent.log")
+    try:
+        for i in range(meters):
+            agent.wait_log(f"port {ptys[i].path} open")
+        batches = [frames(count // meters, f"M{i}") for i in range(meters)]
+        threads = [
+            threading.Thread(target=feed, args=(p, b, burst))
+            for p, b in zip(ptys, batches, strict=True)
+        ]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - started
+    finally:
+        agent.stop()
+        for p in ptys:
+            p.close()
+    return count / elapsed
+
+
+def reference_ingest(work: Path, count: int) -> float:
+    """Anchor (a): the least a durable journal can do. stdlib sqlite3, WAL,
+    synchronous=FULL, one INSERT and one COMMIT per record of the same bytes."""
+    work.mkdir()
+    raws = frames(count, "R")
+    db = sqlite3.connect(work / "ref.sqlite3", isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute("CREATE TABLE records (id INTEGER PRIMARY KEY, raw BLOB NOT NULL)")
+    started = time.perf_counter()
+    for raw in raws:
+        db.execute("BEGIN")
+        db.execute("INSERT INTO records (raw) VALUES (?)", (raw,))
+        db.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    db.close()
+    return count / elapsed
+
+
+def persist_queue_ingest(work: Path, count: int) -> float | None:
+    """Anchor (b): persist-queue's SQLiteAckQueue, WAL, synchronous=FULL, a commit per put."""
+    try:
+        import persistqueue  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    work.mkdir()
+    raws = frames(count, "Q")
+    queue = persistqueue.SQLiteAckQueue(str(work), auto_commit=True, multithreading=True)
+    queue._putter.execute("PRAGMA synchronous = FULL")
+    started = time.perf_counter()
+    for raw in raws:
+        queue.put(raw)
+    elapsed = time.perf_counter() - started
+    return count / elapsed
+
+
+def bench_ingest(work: Path, quick: bool) -> list[Row]:
+    n = 600 if quick else 2_000
+    ref = reference_ingest(work / "ref", n)
+    pq = persist_queue_ingest(work / "pq", n)
+    one = agent_ingest(work / "one", n, meters=1, burst=1)
+    burst = agent_ingest(work / "burst", n, meters=1, burst=8)
+    two = agent_ingest(work / "two", n, meters=2, burst=1)
+    anchor = "stdlib sqlite3 WAL FULL, 1 commit/record"
+    rows = [
+        Row("ingest", "anchor (a): " + anchor, ref, "records/s"),
+        Row("ingest", "1 meter, ACK per frame", one, "frames/s", anchor, ref, ">= 0.8 x (a)"),
+    ]
+    if pq is not None:
+        rows.append(
+            Row("ingest", "anchor (b): persist-queue SQLiteAckQueue, FULL", pq, "records/s")
+        )
+        rows.append(
+            Row(
+                "ingest",
+                "1 meter vs persist-queue",
+                one,
+                "frames/s",
+                "persist-queue",
+                pq,
+                "> 1 x (b)",
+            )
+        )
+    rows.append(
+        Row("ingest", "1 meter, bursts of 8 frames", burst, "frames/s", anchor, ref, "> 1 x (a)")
+    )
+    rows.append(Row("ingest", "2 meters at once", two, "frames/s", anchor, ref, "> 1 x (a)"))
+    return rows
+
+
+# -- drain -----------------------------------------------------------------------------------
+
+
+def agent_drain(work: Path, count: int) -> tuple[float, float]:
+    """(records/s, agent CPU seconds per 1000) draining a backlog to the emulator."""
+    work.mkdir()
+    fill(work / "journal.sqlite3", count)
+    emulator = Emulator()
+    agent = Agent(write_config(work, emulator.url), work / "agent.log")
+    started = time.perf_counter()
+    try:
+        wait_for(
+            lambda: count_sent(work / "journal.sqlite3") >= count,
+            timeout=count / 20,
+            what="the backlog drained",
+            every=0.1,
+        )
+        elapsed = time.perf_counter() - started
+        usage = Usage.of(agent.pid)
+    finally:
+        agent.stop()
+        emulator.stop()
+    return count / elapsed, usage.cpu_s / count * 1000
+
+
+def payloads_of(journal: Path) -> list[bytes]:
+    db = sqlite3.connect(journal)
+    try:
+        rows = db.execute("SELECT payload FROM records ORDER BY id").fetchall()
+    finally:
+        db.close()
+    return [json.dumps({"apiToken": TOKEN, **json.loads(r[0])}).encode() for r in rows]
+
+
+def bare_drain(journal: Path, threads: int) -> tuple[float, float]:
+    """The anchor: ``threads`` bare httpx.Client keep-alive loops posting the same payloads
+    to a fresh emulator. (records/s, this process's CPU seconds per 1000)."""
+    bodies = payloads_of(journal)
+    emulator = Emulator()
+    headers = {"Content-Type": "application/json"}
+    errors: list[str] = []
+
+    def post(share: list[bytes]) -> None:
+        with httpx.Client(timeout=10) as client:
+            for body in share:
+                reply = client.post(emulator.url, content=body, headers=headers)
+                if reply.status_code != 200:
+                    errors.append(reply.text)
+
+    workers = [threading.Thread(target=post, args=(bodies[i::threads],)) for i in range(threads)]
+    cpu = time.process_time()
+    started = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    emulator.stop()
+    if errors:
+        raise RuntimeError(f"bare loop refused: {errors[0]}")
+    return len(bodies) / elapsed, cpu / len(bodies) * 1000
+
+
+def bench_drain(work: Path, quick: bool) -> list[Row]:
+    n = 4_000 if quick else 20_000
+    rate, cpu = agent_drain(work / "agent", n)
+    bare, bare_cpu = bare_drain(work / "agent" / "journal.sqlite3", 1)
+    bare4, _ = bare_drain(work / "agent" / "journal.sqlite3", 4)
+    anchor = "bare httpx.Client loop"
+    return [
+        Row("drain", f"anchor: {anchor}, same payloads", bare, "records/s"),
+        Row(
+            "drain", f"agent, {n} backlog, 4 in flight", rate, "records/s", anchor, bare, ">= 1.2 x"
+        ),
+        Row("drain", "agent CPU per 1000 records", cpu, "CPU s", f"{anchor} CPU", bare_cpu),
+        Row("drain", "emulator ceiling: 4 bare loops in threads", bare4, "records/s", anchor, bare),
+    ]
+
+
+# -- latency ---------------------------------------------------------------------------------
+
+
+def bench_latency(work: Path, quick: bool) -> list[Row]:
+    from agent.emulator import ControllerEmulator
+
+    n = 300 if quick else 1_000
+    work.mkdir()
+    pty = Pty()
+    emulator = ControllerEmulator().start()
+    agent = Agent(
+        write_config(work, emulator.url, drivers=serial_driver(pty.path)), work / "agent.log"
+    )
+    acked: dict[str, float] = {}
+    try:
+        agent.wait_log(f"port {pty.path} open")
+        for n_, frame in enumerate(frames(n, "LAT")):
+            os.write(pty.master, frame)
+            if pty.read_answers(1) != bytes([ACK]):
+                raise RuntimeError("NAK")
+            acked[f"LAT-{n_}"] = time.time()
+            time.sleep(0.02)  # 50 sales/s: each is measured alone
+        wait_for(lambda: len(emulator.accepted) >= n, 30, "all delivered")
+    finally:
+        agent.stop()
+        emulator.stop()
+        pty.close()
+    ms = sorted((a.received_at - acked[a.payload["permitNo"]]) * 1000 for a in emulator.accepted)
+    p50 = statistics.median(ms)
+    p99 = ms[int(len(ms) * 0.99) - 1]
+    return [
+        Row("latency", f"ACK byte -> controller, p50 of {n}", p50, "ms"),
+        Row(
+            "latency",
+            f"ACK byte -> controller, p99 of {n}",
+            p99,
+            "ms",
+            goal="<= 20 ms",
+            met=p99 <= 20,
+        ),
+    ]
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+
+def drain_peak(work: Path, count: int, window_s: float) -> tuple[float, int]:
+    """Peak RSS (MB) of the agent starting on a ``count`` backlog and draining it for
+    ``window_s`` seconds (or to the end), and how many it sent meanwhile."""
+    work.mkdir()
+    fill(work / "journal.sqlite3", count)
+    emulator = Emulator()
+    agent = Agent(write_config(work, emulator.url), work / "agent.log")
+    try:
+        deadline = time.monotonic() + window_s
+        while time.monotonic() < deadline and count_sent(work / "journal.sqlite3") < count:
+            time.sleep(0.5)
+        peak = Usage.of(agent.pid).peak_rss_mb
+        sent = count_sent(work / "journal.sqlite3")
+    finally:
+        agent.stop()
+        emulator.stop()
+    return peak, sent
+
+
+def bench_memory(work: Path, quick: bool, large: bool) -> list[Row]:
+    sizes = [1_000, 10_000] if quick else [10_000, 100_000] + ([1_000_000] if large else [])
+    rows = []
+    base = None
+    for size in sizes:
+        peak, sent = drain_peak(work / f"m{size}", size, window_s=20)
+        base = base or peak
+        label = f"peak RSS, {size:,} backlog (sent {sent:,} in 20 s)"
+        rows.append(
+            Row(
+                "memory",
+                label,
+                peak,
+                "MB",
+                f"{sizes[0]:,} backlog",
+                base,
+                "<= 60 MB, flat",
+                peak <= 60,
+            )
+        )
+    return rows
+
+
+# -- idle and wear ---------------------------------------------------------------------------
+
+
+def bench_idle(work: Path, quick: bool) -> list[Row]:
+    seconds = 15 if quick else 60
+    work.mkdir()
+    emulator = Emulator()
+    agent = Agent(write_config(work, emulator.url), work / "agent.log")
+    try:
+        agent.wait_log("running")
+        time.sleep(3)
+        before = Usage.of(agent.pid)
+        time.sleep(seconds)
+        after = Usage.of(agent.pid)
+    finally:
+        agent.stop()
+        emulator.stop()
+    cpu = (after.cpu_s - before.cpu_s) / seconds * 100
+    written = after.write_bytes - before.write_bytes
+    return [
+        Row(
+            "idle", f"CPU over {seconds} s, nothing to do", cpu, "%", goal="< 0.2 %", met=cpu < 0.2
+        ),
+        Row(
+            "idle", f"bytes written over {seconds} s", written, "bytes", goal="0", met=written == 0
+        ),
+    ]
+
+
+def self_written() -> int:
+    io = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(io["write_bytes"])
+
+
+def bench_wear(work: Path, quick: bool) -> list[Row]:
+    """Bytes written to disk per record over its life: journaled (the intake), delivered
+    (the forwarder's bookkeeping), pruned (retention)."""
+    from agent.journal import Journal
+
+    n = 500 if quick else 2_000
+    work.mkdir()
+    emulator = Emulator()
+    driver = f'\n[[drivers]]\nkind = "simulated"\nname = "meter-1"\nrate = 200\ncount = {n}\n'
+    agent = Agent(write_config(work, emulator.url, drivers=driver), work / "agent.log")
+    journal = work / "journal.sqlite3"
+    try:
+        wait_for(lambda: journal.exists() and count_sent(journal) >= n * 0.95, 120, "delivered")
+        time.sleep(2)  # the last few, and their bookkeeping
+        sent = count_sent(journal)
+        usage = Usage.of(agent.pid)
+    finally:
+        agent.stop()
+        emulator.stop()
+    before = self_written()
+    with Journal(journal) as j:
+        pruned = j.prune_sent(time.time() + 1)
+    prune_bytes = self_written() - before
+    life = usage.write_bytes / sent
+    return [
+        Row("wear", "journaled + delivered, per record", life, "bytes"),
+        Row("wear", "pruned, per record", prune_bytes / max(pruned, 1), "bytes"),
+        Row("wear", "whole life, per record", life + prune_bytes / max(pruned, 1), "bytes"),
+    ]
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+def show(value: float | None) -> str:
+    if value is None:
+        return ""
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| bench | figure | value | unit | anchor (same run) | anchor value | ratio | goal | met |",
+        "|---|---|---:|---|---|---:|---:|---|---|",
+    ]
+    for r in rows:
+        ratio = f"{r.ratio:.2f} x" if r.ratio is not None else ""
+        met = {None: "", True: "yes", False: "**no**"}[r.met]
+        if r.met is None and r.goal.startswith((">", "<")) and r.ratio is not None:
+            met = "yes" if _goal_met(r.goal, r.ratio) else "**no**"
+        lines.append(
+            f"| {r.bench} | {r.figure} | {show(r.value)} | {r.unit} | {r.anchor} | "
+            f"{show(r.anchor_value)} | {ratio} | {r.goal} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def _goal_met(goal: str, ratio: float) -> bool:
+    op, number = goal.split()[0], float(goal.split()[1])
+    return ratio >= number if op == ">=" else ratio > number if op == ">" else ratio <= number
+
+
+BENCHES: dict[str, Callable[[Path, bool], list[Row]]] = {
+    "ingest": bench_ingest,
+    "drain": bench_drain,
+    "latency": bench_latency,
+    "idle": bench_idle,
+    "wear": bench_wear,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=[*BENCHES, "memory"], action="append")
+    parser.add_argument("--large", action="store_true", help="also a 1 000 000-record backlog")
+    parser.add_argument("--quick", action="store_true", help="small sizes, to try the harness")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    args = parser.parse_args()
+    chosen = args.only or [*BENCHES, "memory"]
+    rows: list[Row] = []
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="paystation-bench-") as tmp:
+        for name in chosen:
+            print(f"running {name} ...", flush=True)
+            if name == "memory":
+                rows += bench_memory(Path(tmp) / name, args.quick, args.large)
+            else:
+                rows += BENCHES[name](Path(tmp) / name, args.quick)
+    print()
+    print(f"machine: {machine()}; {time.monotonic() - started:.0f} s in all")
+    print()
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+
+
+if __name__ == "__main__":
+    main()
