@@ -54,9 +54,13 @@ def show(journal: Journal, record_id: int) -> str | None:
             else "- (never became a payload)"
         ),
     ]
-    attempts = journal.attempts(record_id)
-    lines.append(f"attempts   {len(attempts)}")
-    for a in attempts:
+    if record.reference_id:
+        lines.append(
+            f"delivered  {_utc(record.sent_at or 0)} UTC, reference_id {record.reference_id}"
+        )
+    failures = journal.attempts(record_id)  # a delivery is on the record, not in this list
+    lines.append(f"attempts   {record.attempts}" + (", failures:" if failures else ""))
+    for a in failures:
         status = a.status if a.status is not None else "-"
         lines.append(f"  {_utc(a.at)}  {a.outcome:<17} HTTP {status}  {a.error or ''}")
         if a.body:

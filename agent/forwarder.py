@@ -76,6 +76,7 @@ class Forwarder:
         self._retry_gen = 0  # bumped when backoffs should end early (success, new token)
         self._paused_until = 0.0  # monotonic
         self._threads: list[threading.Thread] = []
+        self._carried = threading.local()  # per worker: a claim taken with the last result
         journal.subscribe(self.wake)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -133,9 +134,11 @@ class Forwarder:
 
     def _work(self) -> None:
         unreleased: list[int] = []  # claims a failing journal could not give back yet
+        self._carried.claim = None
         while not self._stop.is_set():
             unreleased = [i for i in unreleased if not self._release(i)]
-            claim = self._next_claim()
+            claim, self._carried.claim = self._carried.claim, None
+            claim = claim or self._next_claim()
             if claim is None:
                 continue
             try:
@@ -148,6 +151,9 @@ class Forwarder:
                 self._sleep(1.0)
                 if not self._release(claim.id):
                     unreleased.append(claim.id)
+        carried = self._carried.claim
+        if carried is not None:  # claimed with the last result, never sent: give it back
+            self._release(carried.id)
 
     def _release(self, record_id: int) -> bool:
         try:
@@ -210,7 +216,8 @@ class Forwarder:
         state = State.SENT if verdict.delivered else None
         if verdict.outcome is Outcome.REJECTED:
             state = State.DEAD
-        self.journal.record_attempt(
+        # a final answer: take this worker's next record in the same commit
+        self._carried.claim = self.journal.record_attempt(
             claim.id,
             Attempt(
                 outcome=verdict.outcome.value,
@@ -225,6 +232,7 @@ class Forwarder:
                 already_existed=verdict.outcome is Outcome.ALREADY_DELIVERED,
                 unknown=verdict.unknown,
             ),
+            claim_next=state is not None and not self._stop.is_set(),
         )
         if verdict.delivered:
             if verdict.outcome is Outcome.ALREADY_DELIVERED:

@@ -41,8 +41,9 @@ from typing import Any
 from agent.errors import JournalCorruptError, JournalError, JournalFullError
 
 log = logging.getLogger("agent.journal")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
+PAGE_SIZE = 1024
 # With a size limit, new records may fill all but 1/RESERVE_FRACTION of it: the rest lets a
 # full journal still record deliveries and make room.
 RESERVE_FRACTION = 8
@@ -187,6 +188,14 @@ _MIGRATIONS: tuple[str, ...] = (
     DROP INDEX records_txn;
     CREATE UNIQUE INDEX records_txn ON records (station, source, txn) WHERE txn IS NOT NULL;
     """,
+    # 2 -> 3: fewer index pages rewritten per record (flash wear): zone codes are indexed
+    # only while held; the rare unknown outcomes get a small index of their own
+    """
+    DROP INDEX records_zone;
+    CREATE INDEX records_held_zone ON records (zone_code) WHERE state = 'held';
+    CREATE INDEX records_unusual ON records (id)
+        WHERE unknown_outcomes > 0 OR already_existed > 0;
+    """,
 )
 
 
@@ -215,6 +224,10 @@ class Journal:
         self._synchronous = ""
         try:
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # a new journal gets small pages: each commit rewrites whole pages, and a record
+            # (~700 bytes) in a 1 KB page costs the flash a third of what a 4 KB one does
+            # (measured: docs/benchmarks.md, "flash wear"). An existing file keeps its size.
+            self._db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise JournalError(f"journal {path}: cannot use WAL mode (got {mode!r})")
@@ -339,52 +352,63 @@ class Journal:
 
     def claim(self, limit: int) -> list[Claim]:
         """Take up to ``limit`` pending records: sessions still running first, then by age."""
-        now = self._clock()
         with self._write(durable=False) as db:
-            rows = db.execute(
-                """SELECT id FROM records INDEXED BY records_pending_end
-                   WHERE state = 'pending' AND in_flight = 0 AND ends_at > ?
-                   ORDER BY id LIMIT ?""",
-                (now, limit),
-            ).fetchall()
-            ids = [r[0] for r in rows]
-            if len(ids) < limit:
-                rows = db.execute(
-                    """SELECT id FROM records WHERE state = 'pending' AND in_flight = 0
-                       ORDER BY id LIMIT ?""",
-                    (limit,),
-                ).fetchall()
-                ids += [r[0] for r in rows if r[0] not in ids][: limit - len(ids)]
-            claims = []
-            for record_id in ids:
-                payload, attempts = db.execute(
-                    """UPDATE records SET in_flight = 1, updated_at = ?
-                       WHERE id = ? RETURNING payload, attempts""",
-                    (now, record_id),
-                ).fetchone()
-                claims.append(Claim(record_id, json.loads(payload), attempts))
-            return claims
+            return self._claim(db, limit)
 
-    def record_attempt(self, record_id: int, attempt: Attempt) -> None:
+    def _claim(self, db: sqlite3.Connection, limit: int) -> list[Claim]:
+        now = self._clock()
+        rows = db.execute(
+            """SELECT id FROM records INDEXED BY records_pending_end
+               WHERE state = 'pending' AND in_flight = 0 AND ends_at > ?
+               ORDER BY id LIMIT ?""",
+            (now, limit),
+        ).fetchall()
+        ids = [r[0] for r in rows]
+        if len(ids) < limit:
+            rows = db.execute(
+                """SELECT id FROM records WHERE state = 'pending' AND in_flight = 0
+                   ORDER BY id LIMIT ?""",
+                (limit,),
+            ).fetchall()
+            ids += [r[0] for r in rows if r[0] not in ids][: limit - len(ids)]
+        claims = []
+        for record_id in ids:
+            payload, attempts = db.execute(
+                """UPDATE records SET in_flight = 1, updated_at = ?
+                   WHERE id = ? RETURNING payload, attempts""",
+                (now, record_id),
+            ).fetchone()
+            claims.append(Claim(record_id, json.loads(payload), attempts))
+        return claims
+
+    def record_attempt(
+        self, record_id: int, attempt: Attempt, *, claim_next: bool = False
+    ) -> Claim | None:
         """Record one send's result: the record becomes ``sent`` or ``dead``, or stays
-        claimed (``attempt.state is None``) for its next retry. Every attempt is kept in
-        the ``attempts`` table, in the same transaction, for ``dead show``.
+        claimed (``attempt.state is None``) for its next retry. Failed attempts are kept in
+        the ``attempts`` table, in the same transaction, for ``dead show``; a delivery's
+        proof is the record's own reference_id.
+
+        ``claim_next``: in the same transaction, claim the next pending record and return
+        it (one commit per record while draining a backlog, not two).
 
         On a full journal the attempt's row is left out, and if even the record's own
         update does not fit, the oldest delivered records give way first: a delivery must
         be recorded, or the same sale would be sent again and again.
         """
         try:
-            self._record_attempt(record_id, attempt, keep_row=True)
+            return self._record_attempt(record_id, attempt, keep_row=True, claim_next=claim_next)
         except JournalFullError:
             try:
-                self._record_attempt(record_id, attempt, keep_row=False)
+                return self._record_attempt(record_id, attempt, keep_row=False)
             except JournalFullError:
                 freed = self.make_room(self._clock(), limit=50)
                 log.warning("journal full: %d delivered record(s) pruned early", freed)
-                self._record_attempt(record_id, attempt, keep_row=False)
+                return self._record_attempt(record_id, attempt, keep_row=False)
 
-    def _record_attempt(self, record_id: int, attempt: Attempt, *, keep_row: bool) -> None:
+    def _record_attempt(
+        self, record_id: int, attempt: Attempt, *, keep_row: bool, claim_next: bool = False
+    ) -> Claim | None:
         now = self._clock()
         state = attempt.state.value if attempt.state is not None else None
         with self._write(durable=False) as db:
@@ -418,12 +442,16 @@ class Journal:
                     record_id,
                 ),
             )
-            if keep_row:
+            if keep_row and attempt.state is not State.SENT:  # a delivery's proof is its row
                 db.execute(
                     """INSERT INTO attempts (record_id, at, outcome, status, error, body)
                        VALUES (?, ?, ?, ?, ?, ?)""",
                     (record_id, now, attempt.outcome, attempt.status, attempt.error, attempt.body),
                 )
+            if claim_next:
+                claims = self._claim(db, 1)
+                return claims[0] if claims else None
+        return None
 
     def release(self, record_id: int) -> None:
         """Give a claim back unsent (the forwarder is stopping); it stays pending."""
@@ -549,7 +577,8 @@ class Journal:
             ).fetchone()[0]
             unknown, existed = db.execute(
                 "SELECT coalesce(sum(unknown_outcomes), 0), coalesce(sum(already_existed), 0) "
-                "FROM records WHERE unknown_outcomes > 0 OR already_existed > 0"
+                "FROM records INDEXED BY records_unusual "
+                "WHERE unknown_outcomes > 0 OR already_existed > 0"
             ).fetchone()
         return {
             "active_pending": active,
@@ -567,14 +596,32 @@ class Journal:
         return _record(row) if row else None
 
     def zone_codes(self) -> list[tuple[str, int, float | None, int]]:
-        """(zone code, held records, oldest held ``received_at``, all records) per code."""
+        """(zone code, held records, oldest held ``received_at``, all records) per code.
+        Reads the whole journal: for the technician's ``zones list``, not for every status."""
         with self._lock:
             return self._db.execute(
                 """SELECT zone_code, sum(state = 'held'),
                           min(CASE WHEN state = 'held' THEN received_at END), count(*)
-                   FROM records INDEXED BY records_zone
+                   FROM records
                    WHERE zone_code IS NOT NULL GROUP BY zone_code ORDER BY zone_code"""
             ).fetchall()
+
+    def held_zones(self) -> list[tuple[str, int, float]]:
+        """(zone code, held records, oldest held ``received_at``): indexed, cheap."""
+        with self._lock:
+            return self._db.execute(
+                """SELECT zone_code, count(*), min(received_at)
+                   FROM records INDEXED BY records_held_zone
+                   WHERE state = 'held' AND zone_code IS NOT NULL
+                   GROUP BY zone_code ORDER BY zone_code"""
+            ).fetchall()
+
+    def last_sent_at(self) -> float | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT max(sent_at) FROM records INDEXED BY records_sent_at WHERE state = 'sent'"
+            ).fetchone()
+        return row[0] if row else None
 
     def unsent_amounts(self) -> list[tuple[str | None, int]]:
         """(currency, cents) not yet at the controller: pending payloads and held records.

@@ -57,7 +57,11 @@ def _rebuild(path: Path, problem: str, max_bytes: int | None, reserve_bytes: int
 
 
 def salvage(old: Path, journal: Journal) -> tuple[int, int]:
-    """Copy every readable record of ``old`` into ``journal``: (recovered, unreadable)."""
+    """Copy every readable record of ``old`` into ``journal``: (recovered, unreadable).
+
+    A range scan over a damaged B-tree may stop early without an error, so every id a
+    scan did not return is looked up on its own: a point lookup descends from the root and
+    fails only for the rows of the damaged page itself."""
     try:
         db = sqlite3.connect(f"file:{old}?mode=ro", uri=True)
     except sqlite3.Error:
@@ -65,34 +69,32 @@ def salvage(old: Path, journal: Journal) -> tuple[int, int]:
     recovered = unreadable = 0
     try:
         try:
-            top = db.execute("SELECT max(id) FROM records").fetchone()[0] or 0
+            low, top = db.execute("SELECT min(id) - 1, max(id) FROM records").fetchone()
             columns = [r[1] for r in db.execute("PRAGMA table_info(records)")]
         except sqlite3.Error:
             return 0, 0  # not a journal at all: nothing to salvage
-        low = 0
+        low, top = low or 0, top or 0
         while low < top:
+            high = min(low + SALVAGE_BATCH, top)
             try:
                 rows = db.execute(
-                    "SELECT * FROM records WHERE id > ? AND id <= ? ORDER BY id",
-                    (low, low + SALVAGE_BATCH),
+                    "SELECT * FROM records WHERE id > ? AND id <= ? ORDER BY id", (low, high)
                 ).fetchall()
             except sqlite3.DatabaseError:
-                rows = _one_by_one(db, low, low + SALVAGE_BATCH)
-                unreadable += SALVAGE_BATCH - len(rows)
+                rows = []
+            present = {row[0] for row in rows}
+            for record_id in range(low + 1, high + 1):
+                if record_id in present:
+                    continue
+                try:
+                    row = db.execute("SELECT * FROM records WHERE id = ?", (record_id,)).fetchone()
+                except sqlite3.DatabaseError:
+                    unreadable += 1
+                    continue
+                if row is not None:
+                    rows.append(row)
             recovered += journal.import_rows(columns, rows)
-            low += SALVAGE_BATCH
+            low = high
     finally:
         db.close()
     return recovered, unreadable
-
-
-def _one_by_one(db: sqlite3.Connection, low: int, high: int) -> list[tuple[object, ...]]:
-    rows = []
-    for record_id in range(low + 1, high + 1):
-        try:
-            row = db.execute("SELECT * FROM records WHERE id = ?", (record_id,)).fetchone()
-        except sqlite3.DatabaseError:
-            continue
-        if row is not None:
-            rows.append(row)
-    return rows

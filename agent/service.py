@@ -204,10 +204,10 @@ class Service:
 
     def serve(self) -> None:
         """Run until :attr:`stopping` is set: chores, reloads, watchdog."""
-        from agent.status import collect, one_line
+        from agent.status import brief
 
         self._publish_drivers()
-        self.notifier.ready(one_line(collect(self.journal, self.config.controller.currency)))
+        self.notifier.ready(brief(self.journal))
         watchdog_every = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else None
         next_prune = time.monotonic() + PRUNE_EVERY_S
         next_status = time.monotonic()
@@ -232,8 +232,7 @@ class Service:
                 self.notifier.watchdog()
             if self.notifier.enabled and now >= next_status:
                 next_status = now + STATUS_EVERY_S
-                currency = self.config.controller.currency
-                self.notifier.status(one_line(collect(self.journal, currency)))
+                self.notifier.status(brief(self.journal))
 
     def _write_metrics(self, path: Path) -> None:
         try:

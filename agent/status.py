@@ -31,8 +31,7 @@ def collect(journal: Journal, default_currency: str = "CAD") -> dict[str, Any]:
         unsent[key] = unsent.get(key, Decimal(0)) + Decimal(cents) / 100
     held_by_zone = {
         code: {"held": held, "oldest_s": _age_of(oldest)}
-        for code, held, oldest, _ in journal.zone_codes()
-        if held
+        for code, held, oldest in journal.held_zones()
     }
     return {
         "running": running,
@@ -122,6 +121,22 @@ def clock_warning(skew_s: float | None) -> str | None:
     return (
         f"CHECK THE STATION'S CLOCK: its latest sale starts {format_age(abs(skew_s))} "
         f"{direction} this PC's time (records are still sent as the station stamped them)"
+    )
+
+
+def brief(journal: Journal) -> str:
+    """The sd_notify STATUS= line from indexed reads only: it is sent every few seconds,
+    whatever the size of the backlog."""
+    counts = journal.counts()
+    last = journal.last_sent_at()
+    return one_line(
+        {
+            "pending": counts[State.PENDING],
+            "held": counts[State.HELD],
+            "sent": counts[State.SENT],
+            "paused": journal.meta().get("paused"),
+            "last_success": _iso(last) if last else None,
+        }
     )
 
 

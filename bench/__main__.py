@@ -82,7 +82,7 @@ def feed(pty: Pty, batch: list[bytes], burst: int) -> None:
 
 def agent_ingest(work: Path, count: int, meters: int, burst: int) -> float:
     """Frames per second ACKed by the running agent, controller down."""
-    work.mkdir()
+    work.mkdir(parents=True)
     ptys = [Pty() for _ in range(meters)]
     drivers = "".join(
         serial_driver(p.path).replace('"meter-1"', f'"meter-{i + 1}"') for i, p in enumerate(ptys)
@@ -113,7 +113,7 @@ def agent_ingest(work: Path, count: int, meters: int, burst: int) -> float:
 def reference_ingest(work: Path, count: int) -> float:
     """Anchor (a): the least a durable journal can do. stdlib sqlite3, WAL,
     synchronous=FULL, one INSERT and one COMMIT per record of the same bytes."""
-    work.mkdir()
+    work.mkdir(parents=True)
     raws = frames(count, "R")
     db = sqlite3.connect(work / "ref.sqlite3", isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
@@ -135,7 +135,7 @@ def persist_queue_ingest(work: Path, count: int) -> float | None:
         import persistqueue  # type: ignore[import-untyped]
     except ImportError:
         return None
-    work.mkdir()
+    work.mkdir(parents=True)
     raws = frames(count, "Q")
     queue = persistqueue.SQLiteAckQueue(str(work), auto_commit=True, multithreading=True)
     queue._putter.execute("PRAGMA synchronous = FULL")
@@ -185,7 +185,7 @@ def bench_ingest(work: Path, quick: bool) -> list[Row]:
 
 def agent_drain(work: Path, count: int) -> tuple[float, float]:
     """(records/s, agent CPU seconds per 1000) draining a backlog to the emulator."""
-    work.mkdir()
+    work.mkdir(parents=True)
     fill(work / "journal.sqlite3", count)
     emulator = Emulator()
     agent = Agent(write_config(work, emulator.url), work / "agent.log")
@@ -267,7 +267,7 @@ def bench_latency(work: Path, quick: bool) -> list[Row]:
     from agent.emulator import ControllerEmulator
 
     n = 300 if quick else 1_000
-    work.mkdir()
+    work.mkdir(parents=True)
     pty = Pty()
     emulator = ControllerEmulator().start()
     agent = Agent(
@@ -309,7 +309,7 @@ def bench_latency(work: Path, quick: bool) -> list[Row]:
 def drain_peak(work: Path, count: int, window_s: float) -> tuple[float, int]:
     """Peak RSS (MB) of the agent starting on a ``count`` backlog and draining it for
     ``window_s`` seconds (or to the end), and how many it sent meanwhile."""
-    work.mkdir()
+    work.mkdir(parents=True)
     fill(work / "journal.sqlite3", count)
     emulator = Emulator()
     agent = Agent(write_config(work, emulator.url), work / "agent.log")
@@ -353,7 +353,7 @@ def bench_memory(work: Path, quick: bool, large: bool) -> list[Row]:
 
 def bench_idle(work: Path, quick: bool) -> list[Row]:
     seconds = 15 if quick else 60
-    work.mkdir()
+    work.mkdir(parents=True)
     emulator = Emulator()
     agent = Agent(write_config(work, emulator.url), work / "agent.log")
     try:
@@ -388,7 +388,7 @@ def bench_wear(work: Path, quick: bool) -> list[Row]:
     from agent.journal import Journal
 
     n = 500 if quick else 2_000
-    work.mkdir()
+    work.mkdir(parents=True)
     emulator = Emulator()
     driver = f'\n[[drivers]]\nkind = "simulated"\nname = "meter-1"\nrate = 200\ncount = {n}\n'
     agent = Agent(write_config(work, emulator.url, drivers=driver), work / "agent.log")

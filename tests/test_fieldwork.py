@@ -108,7 +108,7 @@ def test_controller_rejection_is_inspectable_and_requeueable(
         eventually(lambda: journal_states(journal).get("dead", 0) == 1, what="dead")
         shown = cli("dead", "show", "1", "--config", str(config))
         assert "ErrorCode 9033" in shown.stdout and "body:" in shown.stdout
-        assert "attempts   1" in shown.stdout
+        assert "attempts   1, failures:" in shown.stdout
         requeued = cli("dead", "requeue", "1", "--config", str(config))
         assert requeued.returncode == 0, requeued.stderr
         assert emulator.wait_for(1, timeout=20)
@@ -116,7 +116,7 @@ def test_controller_rejection_is_inspectable_and_requeueable(
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(10) == 0
     shown = cli("dead", "show", "1", "--config", str(config))
-    assert "attempts   2" in shown.stdout
+    assert "attempts   2, failures:" in shown.stdout and "reference_id" in shown.stdout
     nothing = cli("dead", "requeue", "1", "--config", str(config))
     assert nothing.returncode == 1
 

@@ -225,7 +225,7 @@ def test_a_version_1_journal_is_migrated_with_its_records(tmp_path: Path) -> Non
         journal.record_attempt(claim.id, Attempt("rejected", State.DEAD, 400, "HTTP 400", "no"))
         assert [a.status for a in journal.attempts(claim.id)] == [400]
     version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
-    assert version == SCHEMA_VERSION == 2
+    assert version == SCHEMA_VERSION == 3
 
 
 def test_root_opening_a_service_users_journal_keeps_its_side_files_usable(tmp_path: Path) -> None:

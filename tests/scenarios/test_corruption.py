@@ -22,13 +22,11 @@ from tests.conftest import cli, eventually, simulated_driver, start_agent, write
 from tests.scenarios.conftest import SEED, fill_journal, report
 from tests.test_serial import stop
 
-PAGE = 4096
-
 
 def damage(path: Path, how: str) -> None:
     rnd = random.Random(SEED)
     if how == "not-sqlite":
-        path.write_bytes(bytes(rnd.randrange(256) for _ in range(3 * PAGE)))
+        path.write_bytes(bytes(rnd.randrange(256) for _ in range(12_288)))
         return
     db = sqlite3.connect(path)
     try:
@@ -36,6 +34,7 @@ def damage(path: Path, how: str) -> None:
             name, kind = "records_txn", "leaf"
         else:
             name, kind = "records", "leaf"
+        size = db.execute("PRAGMA page_size").fetchone()[0]
         pages = [
             row[0]
             for row in db.execute(
@@ -48,8 +47,8 @@ def damage(path: Path, how: str) -> None:
     assert pages, f"no {kind} page of {name}"
     page = pages[len(pages) // 2]
     with open(path, "r+b") as f:
-        f.seek((page - 1) * PAGE + 8)  # keep the page header's type byte, ruin its cells
-        f.write(bytes(rnd.randrange(256) for _ in range(PAGE - 8)))
+        f.seek((page - 1) * size + 8)  # keep the page header's type byte, ruin its cells
+        f.write(bytes(rnd.randrange(256) for _ in range(size - 8)))
 
 
 @pytest.mark.parametrize("how", ["not-sqlite", "index-page", "table-page"])
