@@ -26,6 +26,18 @@ soak: $(STAMP)
 		$(BIN)/pytest -q tests/scenarios
 	@cat soak-report.jsonl
 
+# Benchmarks (never part of `make test`): prints the table for docs/benchmarks.md.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench --json bench-results.json
+
+bench-large: $(BENCH_STAMP)
+	$(BIN)/python -m bench --only memory --large
+
 check: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

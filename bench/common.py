@@ -3,6 +3,7 @@ meter, and readings from /proc (CPU seconds, bytes written, peak RSS)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import tty
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +60,12 @@ class Emulator:
             cwd=ROOT,
         )
         wait_for(self._listening, 10, "the emulator")
+
+    def delay_answers(self, seconds: float) -> None:
+        """Every answer from now on comes ``seconds`` late (a WAN or cellular round trip)."""
+        body = json.dumps({"kind": "slow", "delay": seconds}).encode()
+        url = f"http://127.0.0.1:{self.port}/_emulator/fault"
+        urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=5)
 
     def _listening(self) -> bool:
         with socket.socket() as s:

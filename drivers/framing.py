@@ -33,6 +33,7 @@ import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import reduce
+from operator import xor
 from typing import Literal, Protocol
 
 STX = 0x02
@@ -92,7 +93,7 @@ class Framer(Protocol):
 def compute_checksum(data: bytes, kind: Checksum) -> bytes:
     """The check bytes for ``data``: XOR (the reference LRC), sum mod 256, or none."""
     if kind == "xor":
-        return bytes([reduce(lambda acc, b: acc ^ b, data, 0)])
+        return bytes([reduce(xor, data, 0)])
     if kind == "sum":
         return bytes([sum(data) % 256])
     return b""

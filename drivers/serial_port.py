@@ -164,6 +164,9 @@ class SerialDriver(Driver):
         self, name: str, options: SerialOptions, sink: RecordSink, context: DriverContext
     ) -> None:
         super().__init__(name, options, sink, context)
+        # group commits need a sink that takes several records (checked once: a protocol
+        # isinstance is slow enough to show per frame)
+        self._batches = options.framing != "line" and isinstance(sink, BatchSink)
         self._outage_since: float | None = None  # monotonic start of the current outage
         self._opened_before = False
 
@@ -297,7 +300,7 @@ class SerialDriver(Driver):
         """Answer the frames of one read in their order. Records that arrived together (a
         burst) are stored in one group commit, then ACKed each; a bad frame is NAKed in
         its place."""
-        if self.options.framing == "line" or not isinstance(self.sink, BatchSink):
+        if not self._batches:
             for event in events:
                 self._handle(port, event)
             return
@@ -315,8 +318,11 @@ class SerialDriver(Driver):
     def _store_run(self, port: Port, run: list[HardwareRecord]) -> None:
         if not run:
             return
-        assert isinstance(self.sink, BatchSink)
-        receipts = self.sink.submit_many(run) if len(run) > 1 else [self._submit(run[0])]
+        if len(run) > 1:
+            assert isinstance(self.sink, BatchSink)  # self._batches
+            receipts = self.sink.submit_many(run)
+        else:
+            receipts = [self._submit(run[0])]
         for receipt in receipts:
             if len(run) > 1:
                 self._count(receipt)

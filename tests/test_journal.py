@@ -138,6 +138,24 @@ def test_prune_deletes_only_old_sent_records(journal: Journal) -> None:
     assert journal.attempts(ids[0]) == [] and len(journal.attempts(6)) == 1
 
 
+def test_make_room_gives_up_only_delivered_records_oldest_first(journal: Journal) -> None:
+    """A full journal frees space from delivered records only: never from a sale the
+    controller does not have yet, whatever its age."""
+    ids = [add(journal, str(i)) for i in range(8)]
+    for record_id in (ids[1], ids[5], ids[3]):  # delivered in this order
+        journal.record_attempt(record_id, Attempt("delivered", State.SENT, 200, None, "", "r"))
+        time.sleep(0.01)
+    add(journal, "dead")
+    journal.record_attempt(9, Attempt("rejected", State.DEAD, 400, "HTTP 400", ""))
+    assert journal.make_room(time.time() + 1, limit=2) == 2
+    left = {r.txn: r.state for r in journal.records()}
+    assert "1" not in left and "5" not in left and left["3"] == "sent"  # oldest delivery first
+    assert journal.make_room(time.time() + 1) == 1
+    assert journal.make_room(time.time() + 1) == 0  # nothing delivered left: nothing given up
+    assert {t for t, s in left.items() if s != "sent"} == {"0", "2", "4", "6", "7", "dead"}
+    assert len(list(journal.records())) == 6
+
+
 def test_records_are_read_in_batches_oldest_first(journal: Journal) -> None:
     for i in range(25):
         add(journal, str(i))

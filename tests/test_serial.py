@@ -62,6 +62,13 @@ class Pty:
         assert ready, "no answer from the driver"
         return os.read(self.master, 1)[0]
 
+    def drain(self, wait: float) -> list[int]:
+        """Every answer byte that arrives within ``wait`` seconds of silence."""
+        got: list[int] = []
+        while select.select([self.master], [], [], wait)[0]:
+            got.extend(os.read(self.master, 64))
+        return got
+
     def nothing_written(self, wait: float) -> bool:
         ready, _, _ = select.select([self.master], [], [], wait)
         return not ready
@@ -213,22 +220,36 @@ def test_a_burst_shares_commits_and_is_answered_in_order(pty: Pty, journal: Jour
     """A meter that sends several frames before reading answers: the records share group
     commits (fewer fsyncs than frames), each answer comes after its record's commit, and a
     bad frame in the middle is NAKed in its place."""
+    intake = Intake(journal, "PS-TEST", rules())
     commits: list[int] = []
-    append_many = journal.append_many
+    answers: list[int] = []
+    early: list[str] = []
 
-    def counting(records: Any) -> Any:
-        committed = append_many(records)  # the real commit
-        commits.append(len(records))
-        return committed
+    class ObservingBatchSink:
+        """The real intake, watched from the device's side of the line: when a group of
+        records is handed over, the device must hold exactly one ACK per record committed
+        before (answers for these ones would mean an ACK before the commit)."""
 
-    journal.append_many = counting  # type: ignore[method-assign]
+        def submit(self, record: HardwareRecord) -> Receipt:
+            return self.submit_many([record])[0]
+
+        def submit_many(self, records: list[HardwareRecord]) -> list[Receipt]:
+            answers.extend(pty.drain(0.1))
+            if answers.count(ACK) != sum(commits):
+                early.append(f"{answers.count(ACK)} ACKs before commit {len(commits) + 1}")
+            receipts = intake.submit_many(records)
+            commits.append(len(records))
+            return receipts
+
     bad = bytearray(FRAMER.encode(sale("G-3")))
     bad[6] ^= 0x01
     burst = [FRAMER.encode(sale(f"G-{n}")) for n in range(3)] + [bytes(bad)]
     burst += [FRAMER.encode(sale(f"G-{n}")) for n in range(4, 8)]
-    with running_driver(pty.path, Intake(journal, "PS-TEST", rules())):
+    with running_driver(pty.path, ObservingBatchSink()):
         pty.write(b"".join(burst))
-        answers = [pty.answer() for _ in burst]
+        eventually(lambda: sum(commits) == 7, what="every record committed")
+        answers.extend(pty.drain(0.3))  # the sink reads no more: one reader at a time
+    assert not early, early
     assert answers == [ACK] * 3 + [NAK] + [ACK] * 4
     stored = [txn for txn, _, _ in journal_rows(journal.path)]
     assert stored == ["G-0", "G-1", "G-2", "G-4", "G-5", "G-6", "G-7"]
