@@ -20,6 +20,8 @@ from agent.mapping import Mapped, MappingRules, map_record
 from drivers.base import HardwareRecord, Receipt
 
 log = logging.getLogger("agent.intake")
+GROUP_WAIT_S = 0.001  # how long a commit may wait for another driver's record
+PARTNER_ACTIVE_S = 0.05  # a driver that sent this recently is expected to send again soon
 MAKE_ROOM_AFTER_S = 0.0  # any delivered record, oldest first: a sale outweighs its audit copy
 
 
@@ -32,6 +34,7 @@ class Intake:
         self._cond = threading.Condition()
         self._queue: list[_Ticket] = []
         self._committing = False
+        self._last_seen: dict[str, float] = {}  # driver -> monotonic time of its last record
         self.clock_skew: dict[str, float] = {}  # by driver: latest sale's start - now
 
     def submit(self, record: HardwareRecord) -> Receipt:
@@ -44,15 +47,25 @@ class Intake:
         share one durable commit. The first caller to find no commit under way writes
         everything queued so far; the others wait for that commit and get their receipts.
         Every receipt is given only after the commit that holds its record returned.
+
+        Several drivers each waiting for their answer would otherwise fall into lockstep,
+        one record per commit, each driver's frame arriving while the other's commits. So
+        when other drivers sent in the last moments, the leader waits a little (at most
+        GROUP_WAIT_S) for their next record to join its commit. A lone driver never waits.
         """
         ticket = _Ticket([self._prepare(r) for r in records])
         with self._cond:
+            now = time.monotonic()
+            for r in records:
+                self._last_seen[r.source] = now
             self._queue.append(ticket)
+            self._cond.notify_all()  # a leader may be waiting for this driver
             while ticket.receipts is None and self._committing:
                 self._cond.wait()
             if ticket.receipts is not None:
                 return ticket.receipts
             self._committing = True
+            self._wait_for_partners(now)
             batch, self._queue = self._queue, []
         try:
             self._commit(batch)
@@ -66,6 +79,18 @@ class Intake:
                 self._cond.notify_all()
         assert ticket.receipts is not None
         return ticket.receipts
+
+    def _wait_for_partners(self, now: float) -> None:
+        """(Leader, holding the condition.) Give drivers active a moment ago the chance to
+        join this commit; return as soon as all have queued a record, or at the deadline."""
+        active = {s for s, t in self._last_seen.items() if now - t < PARTNER_ACTIVE_S}
+        deadline = now + GROUP_WAIT_S
+        while True:
+            queued = {row.source for ticket in self._queue for row in ticket.rows}
+            left = deadline - time.monotonic()
+            if active <= queued or left <= 0:
+                return
+            self._cond.wait(left)
 
     def _prepare(self, record: HardwareRecord) -> NewRecord:
         """Map a record (outside any lock) into the row to journal."""

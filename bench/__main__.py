@@ -11,10 +11,13 @@ Prints a Markdown table (paste it into docs/benchmarks.md) and, with --json FILE
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -27,6 +30,7 @@ import httpx
 
 from bench.backlog import ZONE, fill, sale_bytes
 from bench.common import (
+    ROOT,
     TOKEN,
     Agent,
     Emulator,
@@ -167,10 +171,34 @@ def in_process_ingest(work: Path, count: int) -> float:
     return count / elapsed
 
 
+def floor_ingest(count: int) -> float:
+    """Frames/s through the same driver over the same kind of pty, storing nothing."""
+    pty = Pty()
+    floor = subprocess.Popen(
+        [sys.executable, "-m", "bench.floor", pty.path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert floor.stdout is not None and floor.stdout.readline().strip() == "ready"
+        time.sleep(0.3)  # the port open
+        batch = frames(count, "F")
+        started = time.perf_counter()
+        feed(pty, batch, 1)
+        elapsed = time.perf_counter() - started
+    finally:
+        floor.communicate("", timeout=10)
+        pty.close()
+    return count / elapsed
+
+
 def bench_ingest(work: Path, quick: bool) -> list[Row]:
     n = 600 if quick else 2_000
     ref = reference_ingest(work / "ref", n)
     inproc = in_process_ingest(work / "inproc", n)
+    floor = floor_ingest(n)
     pq = persist_queue_ingest(work / "pq", n)
     one = agent_ingest(work / "one", n, meters=1, burst=1)
     burst = agent_ingest(work / "burst", n, meters=1, burst=8)
@@ -202,7 +230,33 @@ def bench_ingest(work: Path, quick: bool) -> list[Row]:
     rows.append(
         Row("ingest", "intake in-process, no serial line", inproc, "records/s", anchor, ref)
     )
-    return rows
+    rows.append(Row("ingest", "serial line floor: driver ACKing, no journal", floor, "frames/s"))
+    rows.append(Row("ingest", "1 meter vs the line's floor", one, "frames/s", "floor", floor))
+    return [dataclasses.replace(r, bench=r.bench + LABEL) for r in rows]
+
+
+LABEL = os.environ.get("BENCH_LABEL", "")
+
+
+def bench_ingest_flash(work: Path, quick: bool) -> list[Row]:
+    """Ingest again with every fsync 2 ms slower, as on the SD cards and eMMC of pay-station
+    PCs (an LD_PRELOAD shim, bench/slow_fsync.c, in the agent and the anchors alike)."""
+    work.mkdir(parents=True)
+    shim = work / "slow_fsync.so"
+    built = subprocess.run(
+        ["cc", "-shared", "-fPIC", "-o", str(shim), str(ROOT / "bench" / "slow_fsync.c"), "-ldl"],
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode != 0:
+        print(f"flash model skipped: cannot build the fsync shim ({built.stderr.strip()})")
+        return []
+    out = work / "rows.json"
+    env = {**os.environ, "LD_PRELOAD": str(shim), "SLOW_FSYNC_US": "2000"}
+    env["BENCH_LABEL"] = " (fsync +2 ms)"
+    command = [sys.executable, "-m", "bench", "--only", "ingest", "--json", str(out)]
+    subprocess.run(command + (["--quick"] if quick else []), env=env, cwd=ROOT, check=True)
+    return [Row(**row) for row in json.loads(out.read_text())]
 
 
 # -- drain -----------------------------------------------------------------------------------
@@ -502,6 +556,7 @@ def _goal_met(goal: str, ratio: float) -> bool:
 
 BENCHES: dict[str, Callable[[Path, bool], list[Row]]] = {
     "ingest": bench_ingest,
+    "ingest-flash": bench_ingest_flash,
     "drain": bench_drain,
     "latency": bench_latency,
     "idle": bench_idle,
