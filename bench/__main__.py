@@ -255,7 +255,13 @@ def bench_ingest_flash(work: Path, quick: bool) -> list[Row]:
     env = {**os.environ, "LD_PRELOAD": str(shim), "SLOW_FSYNC_US": "2000"}
     env["BENCH_LABEL"] = " (fsync +2 ms)"
     command = [sys.executable, "-m", "bench", "--only", "ingest", "--json", str(out)]
-    subprocess.run(command + (["--quick"] if quick else []), env=env, cwd=ROOT, check=True)
+    subprocess.run(
+        command + (["--quick"] if quick else []),
+        env=env,
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,  # its rows come back through the JSON file
+    )
     return [Row(**row) for row in json.loads(out.read_text())]
 
 

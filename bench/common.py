@@ -196,7 +196,10 @@ def machine() -> str:
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
+    import tempfile
+
     disk = subprocess.run(
-        ["df", "-T", "--output=fstype,source", str(ROOT)], capture_output=True, text=True
+        ["df", "--output=fstype,source", tempfile.gettempdir()], capture_output=True, text=True
     ).stdout.split("\n")[1:2]
-    return f"{os.cpu_count()} cores ({cpu}); {disk[0].split()[0] if disk else '?'} filesystem"
+    where = " on ".join(disk[0].split()) if disk else "unknown"
+    return f"{os.cpu_count()} cores ({cpu}); journals on {where} ({tempfile.gettempdir()})"
