@@ -84,6 +84,16 @@ def feed(pty: Pty, batch: list[bytes], burst: int) -> None:
             raise RuntimeError(f"not all ACKed: {answers!r}")
 
 
+def run_all(threads: list[threading.Thread]) -> float:
+    """Start the threads together, wait for all: the seconds it took."""
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
+
+
 def agent_ingest(work: Path, count: int, meters: int, burst: int) -> float:
     """Frames per second ACKed by the running agent, controller down."""
     work.mkdir(parents=True)
@@ -101,12 +111,7 @@ def agent_ingest(work: Path, count: int, meters: int, burst: int) -> float:
             threading.Thread(target=feed, args=(p, b, burst))
             for p, b in zip(ptys, batches, strict=True)
         ]
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - started
+        elapsed = run_all(threads)
     finally:
         agent.stop()
         for p in ptys:
@@ -324,12 +329,7 @@ def bare_drain(journal: Path, threads: int, delay: float = 0.0) -> tuple[float, 
     workers = [threading.Thread(target=post, args=(bodies[i::threads],)) for i in range(threads)]
     cpu = time.process_time()
     server_cpu = Usage.of(emulator.process.pid).cpu_s
-    started = time.perf_counter()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    elapsed = time.perf_counter() - started
+    elapsed = run_all(workers)
     cpu = time.process_time() - cpu
     server_cpu = Usage.of(emulator.process.pid).cpu_s - server_cpu
     emulator.stop()
