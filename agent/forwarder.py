@@ -71,7 +71,11 @@ class Forwarder:
         self._health_lock = threading.Lock()
         self._left_ok_at = time.time()
         self._stop = threading.Event()
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # backoffs and pauses wait here
+        # idle workers wait here, on the same lock: new work wakes one of them, not every
+        # thread in a backoff (each wake-up costs the GIL a switch, per record)
+        self._idle = threading.Condition(lock)
         self._work_gen = 0  # bumped when the journal has new pending records
         self._retry_gen = 0  # bumped when backoffs should end early (success, new token)
         self._paused_until = 0.0  # monotonic
@@ -101,6 +105,7 @@ class Forwarder:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+            self._idle.notify_all()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -112,10 +117,11 @@ class Forwarder:
             self.sender.close()
 
     def wake(self) -> None:
-        """New pending records: an idle worker claims them now."""
+        """New pending records: an idle worker claims them now (it wakes the next one if it
+        found work, so a burst spreads over the workers)."""
         with self._cond:
             self._work_gen += 1
-            self._cond.notify_all()
+            self._idle.notify()
 
     def retry_now(self) -> None:
         """End backoffs and pauses early (the controller is back, or the token changed)."""
@@ -124,6 +130,7 @@ class Forwarder:
             self._work_gen += 1
             self._paused_until = 0.0
             self._cond.notify_all()
+            self._idle.notify_all()
 
     @property
     def idle_or_progressing(self) -> bool:
@@ -172,9 +179,11 @@ class Forwarder:
             self._sleep(1.0)
             return None
         if claims:
+            with self._cond:
+                self._idle.notify()  # there may be more: the next idle worker looks
             return claims[0]
         with self._cond:
-            self._cond.wait_for(lambda: self._work_gen != gen or self._stop.is_set())
+            self._idle.wait_for(lambda: self._work_gen != gen or self._stop.is_set())
         return None
 
     def _deliver(self, claim: Claim) -> None:
