@@ -192,7 +192,7 @@ def parse_config(
         v.error("agent.retention_days", f"expected a number of days >= 1, got {retention}")
     keep_sep = v.get(agent_t, "agent", "keep_plate_separators", bool, default=False)
     max_mb = v.get(agent_t, "agent", "journal_max_mb", int, default=0)
-    if isinstance(agent_t.get("journal_max_mb"), int) and max_mb < 1:
+    if "journal_max_mb" in agent_t and max_mb < 1:
         v.error("agent.journal_max_mb", f"expected a size in MB >= 1, got {max_mb}")
 
     ctl_t = v.table("controller", data.get("controller"), required=True)
@@ -273,9 +273,10 @@ def parse_config(
         try:
             drivers.append(DriverSettings(kind, name, parser(key, options)))
         except ConfigErrors as exc:
-            v.errors.extend(exc.errors)
+            for error in exc.errors:
+                v.add(error)
         except ConfigError as exc:
-            v.errors.append(exc)
+            v.add(exc)
 
     metrics = _metrics(v, v.table("metrics", data.get("metrics"), required=False))
 
@@ -284,10 +285,9 @@ def parse_config(
         url, token_file, currency, timeout_s, concurrency, backoff_max, auth_retry
     )
     try:
-        if not any(e.key == "controller.token_file" for e in v.errors):  # said once is enough
-            resolve_token(controller, environ)
+        resolve_token(controller, environ)
     except ConfigError as exc:
-        v.errors.append(exc)
+        v.add(exc)
 
     if v.errors:
         raise ConfigErrors(v.errors)
@@ -408,10 +408,14 @@ class _Validator:
         self.errors: list[ConfigError] = []
 
     def error(self, key: str, problem: str) -> None:
+        self.add(ConfigError(key, problem))
+
+    def add(self, error: ConfigError) -> None:
         """Record a problem; a key already found wrong keeps its first (most specific)
-        message, so a value of the wrong type is not also reported as out of range."""
-        if not any(e.key == key for e in self.errors):
-            self.errors.append(ConfigError(key, problem))
+        message, so a value of the wrong type is not also reported as out of range, or a
+        token file of the wrong type also as "no token"."""
+        if not any(e.key == error.key for e in self.errors):
+            self.errors.append(error)
 
     def table(self, key: str, value: Any, *, required: bool) -> dict[str, Any]:
         if value is None:

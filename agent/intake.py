@@ -135,15 +135,16 @@ class Intake:
         except JournalError as exc:
             self._refuse(f"cannot store records: {exc}")
             appended = None
-        if appended is not None and self._refusing.is_set():
+        if appended is None:
+            for ticket in batch:
+                ticket.receipts = [Receipt.REFUSED] * len(ticket.rows)
+            return
+        if self._refusing.is_set():
             self._refusing.clear()
             log.warning("journal accepts records again")
-        results = iter(appended or [])
+        results = iter(appended)
         for ticket in batch:
-            if appended is None:
-                ticket.receipts = [Receipt.REFUSED] * len(ticket.rows)
-            else:
-                ticket.receipts = [self._receipt(row, next(results)) for row in ticket.rows]
+            ticket.receipts = [self._receipt(row, next(results)) for row in ticket.rows]
 
     def _receipt(self, row: NewRecord, appended: Appended) -> Receipt:
         if appended.duplicate:

@@ -572,9 +572,6 @@ class Journal:
             oldest = db.execute(
                 "SELECT received_at FROM records WHERE state = 'pending' ORDER BY id LIMIT 1"
             ).fetchone()
-            last_sent = db.execute(
-                "SELECT max(sent_at) FROM records INDEXED BY records_sent_at WHERE state = 'sent'"
-            ).fetchone()[0]
             unknown, existed = db.execute(
                 "SELECT coalesce(sum(unknown_outcomes), 0), coalesce(sum(already_existed), 0) "
                 "FROM records INDEXED BY records_unusual "
@@ -583,7 +580,7 @@ class Journal:
         return {
             "active_pending": active,
             "oldest_pending_s": round(now - oldest[0], 1) if oldest else None,
-            "last_sent_at": last_sent,
+            "last_sent_at": self.last_sent_at(),
             "unknown_outcomes": unknown,
             "already_existed": existed,
         }

@@ -125,27 +125,14 @@ def clock_warning(skew_s: float | None) -> str | None:
 
 
 def brief(journal: Journal) -> str:
-    """The sd_notify STATUS= line from indexed reads only: it is sent every few seconds,
+    """The sd_notify STATUS= line, from indexed reads only: it is sent every few seconds,
     whatever the size of the backlog."""
     counts = journal.counts()
     last = journal.last_sent_at()
-    return one_line(
-        {
-            "pending": counts[State.PENDING],
-            "held": counts[State.HELD],
-            "sent": counts[State.SENT],
-            "paused": journal.meta().get("paused"),
-            "last_success": _iso(last) if last else None,
-        }
-    )
-
-
-def one_line(status: dict[str, Any]) -> str:
-    """The sd_notify STATUS= summary."""
-    text = f"{status['pending']} pending, {status['held']} held, {status['sent']} sent"
-    if status["paused"]:
+    text = f"{counts[State.PENDING]} pending, {counts[State.HELD]} held, {counts[State.SENT]} sent"
+    if journal.meta().get("paused"):
         text += ", PAUSED"
-    return text + f", last success {status['last_success'] or 'never'}"
+    return text + f", last success {_iso(last) if last else 'never'}"
 
 
 def _iso(epoch: float) -> str:

@@ -30,6 +30,17 @@ def sale_bytes(txn: str, n: int, start: str, end: str) -> bytes:
     return format_kv(fields)
 
 
+def session_times() -> tuple[tuple[str, str], tuple[str, str]]:
+    """(START, END) in the station's local time of a session that ended two days ago, and
+    of one bought ten minutes ago that runs two more hours."""
+    now = time.time()
+
+    def local(offset_s: float) -> str:
+        return datetime.fromtimestamp(now + offset_s, ZONE).strftime("%Y-%m-%dT%H:%M:%S")
+
+    return (local(-2 * 86400), local(-2 * 86400 + 3600)), (local(-600), local(7200))
+
+
 def fill(
     path: Path,
     count: int,
@@ -41,13 +52,7 @@ def fill(
 ) -> list[str]:
     """Journal ``count`` pending records (the last ``running`` of them sessions that have
     not ended yet); return their TXNs in journal order."""
-    now = time.time()
-
-    def local(offset_s: float) -> str:
-        return datetime.fromtimestamp(now + offset_s, ZONE).strftime("%Y-%m-%dT%H:%M:%S")
-
-    ended = (local(-2 * 86400), local(-2 * 86400 + 3600))
-    still_running = (local(-600), local(7200))
+    ended, still_running = session_times()
     txns = [f"{prefix}-{n}" for n in range(count)]
     with Journal(path) as journal:
         for low in range(0, count, batch):

@@ -165,8 +165,10 @@ class SerialDriver(Driver):
     ) -> None:
         super().__init__(name, options, sink, context)
         # group commits need a sink that takes several records (checked once: a protocol
-        # isinstance is slow enough to show per frame)
-        self._batches = options.framing != "line" and isinstance(sink, BatchSink)
+        # isinstance is slow enough to show per frame); line mode has no answers to order
+        self._batch_sink = (
+            sink if options.framing != "line" and isinstance(sink, BatchSink) else None
+        )
         self._outage_since: float | None = None  # monotonic start of the current outage
         self._opened_before = False
 
@@ -300,7 +302,7 @@ class SerialDriver(Driver):
         """Answer the frames of one read in their order. Records that arrived together (a
         burst) are stored in one group commit, then ACKed each; a bad frame is NAKed in
         its place."""
-        if not self._batches:
+        if self._batch_sink is None:
             for event in events:
                 self._handle(port, event)
             return
@@ -318,14 +320,9 @@ class SerialDriver(Driver):
     def _store_run(self, port: Port, run: list[HardwareRecord]) -> None:
         if not run:
             return
-        if len(run) > 1:
-            assert isinstance(self.sink, BatchSink)  # self._batches
-            receipts = self.sink.submit_many(run)
-        else:
-            receipts = [self._submit(run[0])]
-        for receipt in receipts:
-            if len(run) > 1:
-                self._count(receipt)
+        assert self._batch_sink is not None
+        for receipt in self._batch_sink.submit_many(run):  # returns once committed
+            self._count(receipt)
             self._answer(port, self.options.ack if receipt.safe else self.options.nak)
 
     def _handle(self, port: Port, event: Event) -> None:

@@ -3,6 +3,11 @@ controller answer ends in the right journal state (push-api.md, "Decisions")."""
 
 from __future__ import annotations
 
+import http.server
+import shutil
+import ssl
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -18,6 +23,7 @@ from agent.forwarder import Forwarder
 from agent.intake import Intake
 from agent.journal import Journal, State
 from agent.mapping import MappingRules
+from agent.outcome import Outcome, classify_failure
 from agent.retry import RetryPolicy
 from agent.transport import HttpSender
 from drivers.base import HardwareRecord, Receipt
@@ -307,3 +313,49 @@ def test_keep_alive_reuses_connections(pipe: Pipeline) -> None:
 def test_emulator_is_real_http(emulator: ControllerEmulator) -> None:
     response = httpx.get(emulator.url.replace("/api/OC-TOMA/v1/permits/push", "/_emulator/state"))
     assert response.status_code == 200
+
+
+def test_a_controller_whose_certificate_is_not_trusted_is_never_sent_a_sale(
+    tmp_path: Path,
+) -> None:
+    """TLS is verified: an HTTPS server with a self-signed certificate that would answer
+    success gets no request at all (the token never leaves), and the failure is transient:
+    the record stays pending until a trusted controller answers."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a self-signed certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    requests: list[str] = []
+
+    class Success(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            requests.append(self.path)
+            body = b'{"status": "success", "reference_id": "R-1"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Success)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sender = HttpSender(f"https://127.0.0.1:{server.server_address[1]}/push", lambda: Secret(TOKEN))
+    try:
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED") as caught:
+            sender.post({"permitNo": "T1"})
+    finally:
+        sender.close()
+        server.shutdown()
+        server.server_close()
+    assert requests == []
+    assert classify_failure(caught.value).outcome is Outcome.TRANSIENT

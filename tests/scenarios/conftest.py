@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from agent.journal import Journal
 from drivers.records import parse_kv
-from tests.test_serial import ZONE
 
 SOAK = os.environ.get("PAYSTATION_SOAK") == "1"
 SEED = int(os.environ.get("PAYSTATION_SOAK_SEED", "20261128"))
@@ -35,14 +32,13 @@ def fill_journal(
     delivered records (with a reference_id), then ``pending`` ones, of which the last
     ``running`` are sessions that have not ended yet. Returns the TXNs in journal order."""
     from agent.journal import Attempt, Journal, State
+    from bench.backlog import session_times
 
     txns = [f"{prefix}-{n}" for n in range(sent + pending)]
 
-    def local(offset_s: float) -> str:  # the station's zone (rules()) is America/Toronto
-        return datetime.fromtimestamp(time.time() + offset_s, ZONE).strftime("%Y-%m-%dT%H:%M:%S")
-
-    ended = {"START": local(-2 * 86400), "END": local(-2 * 86400 + 3600)}
-    still_running = {"START": local(-600), "END": local(7200)}
+    (start, end), (now_start, now_end) = session_times()  # America/Toronto, as rules()
+    ended = {"START": start, "END": end}
+    still_running = {"START": now_start, "END": now_end}
     with Journal(path) as journal:
         for n, txn in enumerate(txns):
             times = still_running if n >= len(txns) - running else ended
