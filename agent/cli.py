@@ -292,9 +292,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    import threading
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+    from agent.signals import Flag
     from drivers.meter import MeterSettings, run_meter
 
     zone_name = args.timezone
@@ -317,7 +317,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         answer_timeout_s=args.answer_timeout,
         timezone=timezone,
     )
-    stop = threading.Event()
+    stop = Flag()  # set by a signal handler: see agent.signals
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     return run_meter(settings, stop, args.acked_file)

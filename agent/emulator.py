@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -933,28 +933,22 @@ def serve(
     except ValueError as exc:
         print(f"opscom-emulator: {exc}", file=sys.stderr, flush=True)
         return 2
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # No handler: a handler that sets a threading.Event can deadlock on the lock the main
+    # thread holds inside Event.wait(). The signals stay blocked (the server's threads inherit
+    # the mask) until sigwait takes one here.
+    signals = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
-        emulator.start()
-    except OSError as exc:
-        print(f"opscom-emulator: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
-        _restore(previous)
-        return 1
-    try:
-        print(emulator.url, flush=True)
-        while not stop.wait(0.5):
-            pass
+        try:
+            emulator.start()
+        except OSError as exc:
+            print(f"opscom-emulator: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+            return 1
+        try:
+            print(emulator.url, flush=True)
+            signal.sigwait(signals)
+        finally:
+            emulator.stop()
     finally:
-        emulator.stop()
-        _restore(previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return 0
-
-
-def _restore(handlers: Mapping[signal.Signals, Any]) -> None:
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)

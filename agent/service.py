@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +30,7 @@ from agent.metrics import AgentMetrics
 from agent.notify import Notifier
 from agent.recovery import open_journal
 from agent.retry import RetryPolicy
+from agent.signals import Flag
 from agent.transport import HttpSender, Sender
 from drivers import create_driver
 from drivers.base import Driver, DriverContext
@@ -99,9 +99,10 @@ class Service:
         self.config = config
         self.environ = environ
         self.notifier = notifier or Notifier()
-        self.stopping = threading.Event()
-        self._reload = threading.Event()
-        self._wake = threading.Event()
+        # set from signal handlers (cmd_run), so Flags, never threading.Events: see agent.signals
+        self.stopping = Flag()
+        self._reload = Flag()
+        self._wake = Flag()
         self._published_drivers = ""
         self._token: Secret = resolve_token(config.controller, environ)
         add_secret(self._token.reveal())
@@ -307,6 +308,8 @@ class Service:
         self.metrics.close()
         self.journal.close()
         self._release_lock()
+        for flag in (self.stopping, self._reload, self._wake):
+            flag.close()
         log.info("stopped")
 
     def _release_lock(self) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import random
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -40,6 +39,7 @@ from zoneinfo import ZoneInfo
 import serial
 
 from agent.errors import AgentError
+from agent.signals import Flag
 from drivers.framing import ACK, ETX, NAK, STX, StxEtxFramer
 from drivers.records import format_kv
 from drivers.simulated import SimulatedMeter
@@ -112,7 +112,7 @@ class SerialMeter:
         self,
         settings: MeterSettings,
         line: Line,
-        stop: threading.Event,
+        stop: Flag,
         acked_out: IO[str] | None = None,
     ) -> None:
         self.settings = settings
@@ -188,7 +188,7 @@ class SerialMeter:
 
 def run_meter(
     settings: MeterSettings,
-    stop: threading.Event,
+    stop: Flag,
     acked_file: Path | None = None,
     out: IO[str] = sys.stdout,
 ) -> int:

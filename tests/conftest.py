@@ -4,6 +4,7 @@ a SQLite journal in a temp dir, config files and token files on disk."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -132,6 +133,19 @@ def start_agent(
             env=env or agent_env(),
             cwd=ROOT,
         )
+
+
+def stop_agent(agent: subprocess.Popen[bytes], timeout: float = 15) -> int:
+    """SIGTERM, as systemd stops the service; its exit code. An agent that does not stop is
+    killed, so the failure stays with the test that found it."""
+    if agent.poll() is None:
+        agent.send_signal(signal.SIGTERM)
+    try:
+        return agent.wait(timeout)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        agent.wait()
+        pytest.fail(f"the agent did not stop within {timeout:g} s of SIGTERM")
 
 
 def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:

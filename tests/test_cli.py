@@ -19,6 +19,7 @@ from tests.conftest import (
     eventually,
     simulated_driver,
     start_agent,
+    stop_agent,
     write_config,
 )
 
@@ -71,8 +72,7 @@ def test_run_delivers_status_works_meanwhile_and_sigterm_is_clean(
         human = cli("--config", str(config), "status")  # --config before the command
         assert "30" in human.stdout and "running" in human.stdout
         started = time.monotonic()
-        agent.send_signal(signal.SIGTERM)
-        assert agent.wait(10) == 0
+        assert stop_agent(agent) == 0
         assert time.monotonic() - started < 5
     finally:
         if agent.poll() is None:
@@ -103,8 +103,7 @@ def test_kill_9_mid_drain_loses_nothing(tmp_path: Path, emulator: ControllerEmul
             lambda: journal_states(journal).get("pending", 0) == 0, timeout=30, what="drained"
         )
     finally:
-        agent.send_signal(signal.SIGTERM)
-        assert agent.wait(10) == 0
+        assert stop_agent(agent) == 0
     after = journal_states(journal)
     assert sum(after.values()) == sum(before.values())  # nothing journaled disappeared
     assert after == {"sent": sum(before.values())}
@@ -134,8 +133,7 @@ def test_invalid_and_unmapped_records_are_kept_not_sent(
             what="all journaled",
         )
     finally:
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(10)
+        stop_agent(agent)
     states = journal_states(journal)
     assert states.get("rejected", 0) > 0 and states.get("held", 0) > 0
     assert states.get("sent", 0) == len(emulator.accepted)
@@ -154,8 +152,7 @@ def test_token_never_appears_in_logs_journal_or_status(tmp_path: Path) -> None:
             cli(*cmd, "--config", str(config))
             for cmd in (["status"], ["status", "--json"], ["check-config"])
         ]
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(10)
+        stop_agent(agent)
     status = json.loads(outputs[1].stdout)
     assert status["paused"] and status["sent"] == 0 and status["dead"] == 0
     texts = [log.read_text()] + [o.stdout + o.stderr for o in outputs]
@@ -214,8 +211,7 @@ def test_a_second_run_on_the_same_journal_is_refused(
         second = cli("run", "--config", str(config))
         assert second.returncode == 1 and "another paystation-agent run" in second.stderr
     finally:
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(10)
+        stop_agent(agent)
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["run", "--help"]])
@@ -241,8 +237,7 @@ def test_sighup_releases_held_records_once_their_zone_is_mapped(
         agent.send_signal(signal.SIGHUP)
         assert emulator.wait_for(20, timeout=20), (tmp_path / "agent.log").read_text()
     finally:
-        agent.send_signal(signal.SIGTERM)
-        assert agent.wait(10) == 0
+        assert stop_agent(agent) == 0
     assert journal_states(journal) == {"sent": 20}
     assert {a.payload["zone"] for a in emulator.accepted} <= {
         "Lot 1",
@@ -250,6 +245,28 @@ def test_sighup_releases_held_records_once_their_zone_is_mapped(
         "Lot 3",
         "Lot 4 - North",
     }
+
+
+def test_a_burst_of_sighups_then_sigterm_stops_cleanly_with_every_sale_kept(
+    tmp_path: Path, emulator: ControllerEmulator
+) -> None:
+    # A reload script run in a loop, or a technician's repeated `systemctl reload`: a
+    # signal landing while the main loop held an Event's lock used to hang the agent for good.
+    config = write_config(tmp_path, emulator.url, drivers=simulated_driver(count=20, rate=50))
+    log = tmp_path / "agent.log"
+    agent = start_agent(config, log)
+    try:
+        eventually(lambda: "running" in log.read_text(), what="started")
+        for _ in range(300):
+            agent.send_signal(signal.SIGHUP)
+            time.sleep(0.0005)
+        assert emulator.wait_for(20, timeout=30), log.read_text()
+    finally:
+        code = stop_agent(agent)
+    text = log.read_text()
+    assert code == 0, text[-2000:]
+    assert "reloaded" in text and text.rstrip().endswith("stopped"), text[-2000:]
+    assert journal_states(tmp_path / "journal.sqlite3") == {"sent": 20}
 
 
 def test_sd_notify_ready_status_and_stopping(tmp_path: Path, emulator: ControllerEmulator) -> None:
@@ -272,9 +289,7 @@ def test_sd_notify_ready_status_and_stopping(tmp_path: Path, emulator: Controlle
             while not any("STOPPING=1" in m for m in messages):
                 messages.append(sock.recv(4096).decode())
         finally:
-            if agent.poll() is None:
-                agent.send_signal(signal.SIGTERM)
-            assert agent.wait(10) == 0
+            assert stop_agent(agent) == 0
     finally:
         sock.close()
 

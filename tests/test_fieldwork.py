@@ -5,12 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-import signal
 from pathlib import Path
 
 from agent.config import load_config
 from agent.emulator import ControllerEmulator
-from tests.conftest import agent_env, cli, eventually, simulated_driver, start_agent, write_config
+from tests.conftest import (
+    agent_env,
+    cli,
+    eventually,
+    simulated_driver,
+    start_agent,
+    stop_agent,
+    write_config,
+)
 from tests.test_cli import journal_states
 
 KNOWN = 'known = ["Lot 1", "Lot 2", "Lot 3", "Lot 4", "Garage North"]'
@@ -66,8 +73,7 @@ def test_zones_set_releases_held_records_in_the_running_service(
         assert result.returncode == 0 and "told to reload" in result.stdout
         assert emulator.wait_for(12, timeout=20), (tmp_path / "agent.log").read_text()
     finally:
-        agent.send_signal(signal.SIGTERM)
-        assert agent.wait(10) == 0
+        assert stop_agent(agent) == 0
     assert {a.payload["zone"] for a in emulator.accepted} == {"Garage North"}
     assert journal_states(journal) == {"sent": 12}
 
@@ -92,8 +98,7 @@ def test_dead_requeue_after_fixing_the_mapping_delivers(
         assert requeued.returncode == 0 and "requeued 5: 5 to send" in requeued.stdout
         assert emulator.wait_for(5, timeout=20)
     finally:
-        agent.send_signal(signal.SIGTERM)
-        assert agent.wait(10) == 0
+        assert stop_agent(agent) == 0
     assert journal_states(journal) == {"sent": 5}
 
 
@@ -113,8 +118,7 @@ def test_controller_rejection_is_inspectable_and_requeueable(
         assert requeued.returncode == 0, requeued.stderr
         assert emulator.wait_for(1, timeout=20)
     finally:
-        agent.send_signal(signal.SIGTERM)
-        assert agent.wait(10) == 0
+        assert stop_agent(agent) == 0
     shown = cli("dead", "show", "1", "--config", str(config))
     assert "attempts   2, failures:" in shown.stdout and "reference_id" in shown.stdout
     nothing = cli("dead", "requeue", "1", "--config", str(config))
@@ -135,8 +139,7 @@ def test_export_round_trips_through_csv(tmp_path: Path, emulator: ControllerEmul
             what="journaled and sent",
         )
     finally:
-        agent.send_signal(signal.SIGTERM)
-        assert agent.wait(10) == 0
+        assert stop_agent(agent) == 0
     states = journal_states(journal)
     result = cli("export", "--config", str(config))
     assert result.returncode == 0, result.stderr

@@ -7,7 +7,6 @@ import contextlib
 import http.server
 import json
 import os
-import signal
 import socket
 import sqlite3
 import threading
@@ -27,6 +26,7 @@ from tests.conftest import (
     eventually,
     simulated_driver,
     start_agent,
+    stop_agent,
     write_config,
 )
 from tests.test_cli import journal_states
@@ -75,8 +75,7 @@ def test_watchdog_is_fed_only_while_the_journal_can_be_written(
         recovered = drain(notify_socket, 12.0)
         assert any("WATCHDOG=1" in m for _, m in recovered)
     finally:
-        agent.send_signal(signal.SIGTERM)
-        assert agent.wait(15) == 0
+        assert stop_agent(agent) == 0
 
 
 def test_journald_priority_prefixes_when_stderr_is_the_journal(
@@ -92,8 +91,7 @@ def test_journald_priority_prefixes_when_stderr_is_the_journal(
     try:
         eventually(lambda: "unreachable" in log.read_text(), what="a warning")
     finally:
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(10)
+        stop_agent(agent)
     lines = [line for line in log.read_text().splitlines() if line]
     assert lines and all(line[0] == "<" and line[2] == ">" for line in lines), lines
     assert any(line.startswith("<4>") and "unreachable" in line for line in lines)
@@ -106,8 +104,7 @@ def test_plain_log_lines_on_a_terminal_or_file(
     config = write_config(tmp_path, emulator.url)
     agent = start_agent(config, tmp_path / "agent.log")
     eventually(lambda: "running" in (tmp_path / "agent.log").read_text(), what="started")
-    agent.send_signal(signal.SIGTERM)
-    agent.wait(10)
+    stop_agent(agent)
     first = (tmp_path / "agent.log").read_text().splitlines()[0]
     assert first[:4].isdigit() and "INFO" in first
 
@@ -139,8 +136,7 @@ def test_metrics_on_loopback_parse_and_match_the_journal(
         eventually(textfile.exists, what="textfile")
         assert textfile.stat().st_mode & 0o777 == 0o644
     finally:
-        agent.send_signal(signal.SIGTERM)
-        assert agent.wait(10) == 0
+        assert stop_agent(agent) == 0
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
     states = journal_states(journal)
     by_state = {s.labels["state"]: s.value for s in families["paystation_records"].samples}
@@ -199,8 +195,7 @@ def test_a_controller_echoing_the_token_does_not_put_it_in_the_journal_or_logs(
         journal = tmp_path / "journal.sqlite3"
         eventually(lambda: journal_states(journal).get("dead", 0) == 3, what="dead")
         shown = cli("dead", "show", "1", "--config", str(config))
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(10)
+        stop_agent(agent)
     finally:
         server.shutdown()
         server.server_close()
@@ -221,8 +216,7 @@ def test_stop_is_clean_within_5_s_even_mid_request(
     eventually(lambda: sum(journal_states(journal).values()) == 5, what="journaled")
     time.sleep(0.3)  # requests are now waiting on the slow controller
     started = time.monotonic()
-    agent.send_signal(signal.SIGTERM)
-    assert agent.wait(10) == 0
+    assert stop_agent(agent) == 0
     assert time.monotonic() - started < 5
     assert journal_states(journal) == {"pending": 5}  # nothing lost, nothing marked sent
     assert os.path.exists(journal)
