@@ -7,6 +7,7 @@ Every command takes ``--config PATH`` before or after its own arguments. Exit co
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -183,6 +184,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     logs.setup(logging.DEBUG if args.verbose else logging.INFO)
+    # SIGABRT is what systemd sends when the watchdog starves (and, with the unit's
+    # TimeoutStopFailureMode=abort, when a stop takes too long): the journal then shows where
+    # every thread was. Stack frames only, never values, so no token.
+    faulthandler.enable()
     service = Service(config)
     signal.signal(signal.SIGTERM, lambda *_: service.request_stop())
     signal.signal(signal.SIGINT, lambda *_: service.request_stop())

@@ -7,6 +7,7 @@ import contextlib
 import http.server
 import json
 import os
+import signal
 import socket
 import sqlite3
 import threading
@@ -220,3 +221,23 @@ def test_stop_is_clean_within_5_s_even_mid_request(
     assert time.monotonic() - started < 5
     assert journal_states(journal) == {"pending": 5}  # nothing lost, nothing marked sent
     assert os.path.exists(journal)
+
+
+def test_watchdog_abort_leaves_every_threads_stack_in_the_log(
+    tmp_path: Path, emulator: ControllerEmulator
+) -> None:
+    # systemd sends SIGABRT when the watchdog starves or a stop overruns: the technician
+    # reading the journal afterwards must see where the agent was stuck.
+    log = tmp_path / "agent.log"
+    agent = start_agent(write_config(tmp_path, emulator.url), log)
+    try:
+        eventually(lambda: "running" in log.read_text(), what="started")
+        agent.send_signal(signal.SIGABRT)
+        assert agent.wait(15) == -signal.SIGABRT
+    finally:
+        stop_agent(agent)
+    text = log.read_text()
+    assert "Fatal Python error: Aborted" in text, text
+    assert "(most recent call first)" in text and "in serve" in text, text
+    assert "in _next_claim" in text, text  # the forwarder's threads too, not only the main one
+    assert TOKEN not in text
