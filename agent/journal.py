@@ -794,11 +794,16 @@ class Journal:
         """Bring the schema to SCHEMA_VERSION, one step per transaction.
 
         The version is read inside the write transaction, so two processes opening a new
-        journal at once do not both run a step.
+        journal at once do not both run a step. Reading sqlite_master there makes SQLite
+        reload this connection's copy of the schema if another process migrated since the
+        PRAGMAs above loaded it: a stale copy fails every append for good ("ON CONFLICT
+        clause does not match any ... UNIQUE constraint"), as SQLite does not re-check the
+        schema for that error.
         """
         while True:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
                 version = self._db.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
                     raise JournalError(

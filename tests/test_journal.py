@@ -246,6 +246,37 @@ def test_a_version_1_journal_is_migrated_with_its_records(tmp_path: Path) -> Non
     assert version == SCHEMA_VERSION == 3
 
 
+def test_a_journal_migrated_by_another_process_while_this_one_opens_it_takes_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The service and a CLI command (or three appenders, as above) open a new or old
+    # journal at once: the other migrates it between this opener's first look at the schema
+    # and its own migration step. Deterministic here; the race itself is rare.
+    from agent.journal import _MIGRATIONS
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(_MIGRATIONS[0])
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    migrate = Journal._migrate
+    openers: list[Journal] = []
+
+    def another_opener_first(self: Journal) -> None:
+        openers.append(self)
+        if len(openers) == 1:
+            Journal(path).close()  # its own connection migrates the file to the end
+        migrate(self)
+
+    monkeypatch.setattr(Journal, "_migrate", another_opener_first)
+    with Journal(path) as journal:
+        assert len(openers) == 2  # the other one did run in between
+        add(journal, "1")
+        add(journal, "1")  # a resend: the unique key of the current schema dedupes it
+        assert journal.counts()[State.PENDING] == 1
+
+
 def test_root_opening_a_service_users_journal_keeps_its_side_files_usable(tmp_path: Path) -> None:
     import os
 
