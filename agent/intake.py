@@ -3,11 +3,16 @@
 Maps the record with the current rules, then appends it to the journal, which commits
 before returning. The receipt tells the driver whether it may acknowledge: a record that
 cannot become a payload is still stored (as rejected, with the reason and raw bytes) and
-acknowledged; only a journal that cannot take the record (disk full) makes a NAK.
+acknowledged; only a journal that cannot take the record (disk full) makes a NAK. A full
+journal first lets its oldest delivered records give way (their pages are reused at once,
+on a full disk too), and while it refuses, the state is in the journal's meta (key
+``intake_full``) for ``status``.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import threading
 import time
@@ -15,14 +20,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from agent.errors import JournalError, JournalFullError, MappingError
-from agent.journal import Appended, Journal, NewRecord, State
-from agent.mapping import Mapped, MappingRules, map_record
+from agent.journal import Appended, Journal, NewRecord, Reread, State
+from agent.mapping import Mapped, MappingRules, map_record, permit_number
 from drivers.base import HardwareRecord, Receipt
 
 log = logging.getLogger("agent.intake")
 GROUP_WAIT_S = 0.001  # how long a commit may wait for another driver's record
 PARTNER_ACTIVE_S = 0.05  # a driver that sent this recently is expected to send again soon
 MAKE_ROOM_AFTER_S = 0.0  # any delivered record, oldest first: a sale outweighs its audit copy
+FULL_META = "intake_full"  # meta key: since when, and why, new records are refused
 
 
 class Intake:
@@ -31,6 +37,7 @@ class Intake:
         self.station_id = station_id
         self.rules = rules
         self._refusing = threading.Event()  # log a full disk once per episode
+        self._full_shown: bool | None = None  # the refusal is in the journal's meta for status
         self._cond = threading.Condition()
         self._queue: list[_Ticket] = []
         self._committing = False
@@ -99,7 +106,7 @@ class Intake:
         error = record.error
         if error is None:
             try:
-                mapped = map_record(record.fields, self.rules)
+                mapped = map_record(record.fields, self.rules, source=record.source)
             except MappingError as exc:
                 error = str(exc)
         if mapped is not None:
@@ -116,6 +123,7 @@ class Intake:
             zone_code=mapped.zone_code if mapped else record.fields.get("ZONE"),
             ends_at=mapped.ends_at if mapped else None,
             error=error,
+            permit_no=functools.partial(permit_number, record.fields, self.rules, record.source),
         )
 
     def _commit(self, batch: list[_Ticket]) -> None:
@@ -124,12 +132,13 @@ class Intake:
             try:
                 appended = self.journal.append_many(rows)
             except JournalFullError:
-                if self.journal.disk_full or not self._make_room():
-                    raise  # deleting rows frees no disk: wait for space to return
+                if not self._make_room():
+                    raise  # nothing delivered to give way: wait for space to return
                 appended = self.journal.append_many(rows)
         except JournalFullError as exc:
             self._refuse(
-                f"{exc}; new records are refused (the hardware keeps them) until there is room"
+                f"{exc}; new records are refused (the hardware keeps them) until there is room",
+                full=True,
             )
             appended = None
         except JournalError as exc:
@@ -142,6 +151,8 @@ class Intake:
         if self._refusing.is_set():
             self._refusing.clear()
             log.warning("journal accepts records again")
+        if self._full_shown is not False:
+            self._show_full(None)
         results = iter(appended)
         for ticket in batch:
             ticket.receipts = [self._receipt(row, next(results)) for row in ticket.rows]
@@ -149,12 +160,12 @@ class Intake:
     def _receipt(self, row: NewRecord, appended: Appended) -> Receipt:
         if appended.duplicate:
             return Receipt.DUPLICATE
-        if row.state is State.REJECTED:
+        if appended.state is State.REJECTED:
             log.warning(
                 "record %d (TXN %s) is invalid and kept as rejected: %s",
                 appended.id,
                 row.txn,
-                row.error,
+                row.error or "its permit number is over the limit (see: dead show)",
             )
             return Receipt.REJECTED
         if row.state is State.HELD:
@@ -185,27 +196,44 @@ class Intake:
         states: tuple[State, ...],
         ids: list[int] | None = None,
         progress: Callable[[int], None] | None = None,
+        reread: Reread | None = None,
     ) -> dict[State, int]:
         """Re-map stored records with the current rules: releases held records whose zone
-        now maps, and repairs requeued ones. Returns how many ended in each state."""
+        now maps, and repairs requeued ones (``reread``: rejected ones are first read
+        again from their raw bytes, see :meth:`Journal.remap`). Returns how many ended in
+        each state."""
 
         def mapper(
-            fields: dict[str, str], record_id: int
+            fields: dict[str, str], record_id: int, source: str, txn: str | None
         ) -> tuple[State, dict[str, str] | None, float | None, str | None]:
             try:
-                mapped = map_record(fields, self.rules)
+                mapped = map_record(fields, self.rules, source=source, txn=txn, record_id=record_id)
             except MappingError as exc:
                 return State.REJECTED, None, None, str(exc)
             if mapped.held:
                 return State.HELD, None, mapped.ends_at, None
             return State.PENDING, mapped.payload, mapped.ends_at, None
 
-        return self.journal.remap(states, mapper, ids=ids, progress=progress)
+        return self.journal.remap(states, mapper, ids=ids, progress=progress, reread=reread)
 
-    def _refuse(self, message: str) -> None:
+    def _refuse(self, message: str, *, full: bool = False) -> None:
         if not self._refusing.is_set():
             self._refusing.set()
             log.error(message)
+        if full and not self._full_shown:
+            cause = "disk" if self.journal.disk_full or not self.journal.size_limited else "limit"
+            self._show_full({"since": time.time(), "cause": cause, "reason": message})
+
+    def _show_full(self, state: dict[str, object] | None) -> None:
+        """Tell ``status`` (another process) that new records are refused for want of room,
+        or that they are taken again. ``_full_shown`` is None until the first commit of a
+        run: a state left by an earlier run is cleared then."""
+        try:
+            self.journal.set_meta({FULL_META: json.dumps(state) if state else None})
+        except JournalError as exc:
+            log.warning("cannot show the full journal in status: %s", exc)
+            return
+        self._full_shown = state is not None
 
 
 @dataclass

@@ -6,6 +6,9 @@ A driver hands over the fields of one transaction under the reference protocol's
 :func:`map_record` turns them into the payload the controller receives, without the API
 token (inserted at send time), or raises :class:`MappingError` naming the field.
 
+* ``permitNo`` is unique across the operator's fleet: station id, driver and receipt
+  number by default, or the driver's ``permit_no`` form (see :mod:`agent.permits`).
+
 Decisions that matter to a parking operator:
 
 * Times are the device's local wall-clock time in the station's IANA zone, sent as UTC
@@ -32,13 +35,18 @@ from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo
 
 from agent.config import Config, UnmappedPolicy
+from agent.currency import CURRENCY_CODE
 from agent.errors import MappingError
+from agent.permits import DEFAULT_TEMPLATE, RECEIPT_ONLY, PermitForm, PermitNumbering
 
 WIRE_TIME = "%Y-%m-%dT%H:%M:%S"
 MAX_AMOUNT = Decimal("999999.99")
 MIN_AMOUNT = Decimal("0.01")
 CENT = Decimal("0.01")
 MAX_SESSION = timedelta(days=31)
+
+# The reference field names mapping reads (a device's other names need ``renames``).
+FIELDS = ("TXN", "PERMIT", "PLATE", "ZONE", "AMT", "CUR", "START", "END", "MIN", "PROMO", "TICKET")
 
 # Push API limits (push-api.md), by payload key.
 LIMITS = {
@@ -63,15 +71,19 @@ class MappingRules:
     zone_map: Mapping[str, str]
     unmapped: UnmappedPolicy = "hold"
     keep_plate_separators: bool = False
+    numbering: PermitNumbering = RECEIPT_ONLY
 
     @classmethod
     def from_config(cls, config: Config) -> MappingRules:
+        station = config.agent.station_id
+        forms = {d.name: PermitForm.parse(d.permit_no, station, d.name) for d in config.drivers}
         return cls(
             timezone=config.agent.timezone,
             currency=config.controller.currency,
             zone_map=dict(config.zones.map),
             unmapped=config.zones.unmapped,
             keep_plate_separators=config.agent.keep_plate_separators,
+            numbering=PermitNumbering(station, forms, DEFAULT_TEMPLATE),
         )
 
 
@@ -89,13 +101,25 @@ class Mapped:
         return self.payload is None
 
 
-def map_record(fields: Mapping[str, str], rules: MappingRules) -> Mapped:
+def map_record(
+    fields: Mapping[str, str],
+    rules: MappingRules,
+    *,
+    source: str = "",
+    txn: str | None = None,
+    record_id: int | None = None,
+) -> Mapped:
     """Build the Push API payload (without token) from one hardware record's fields.
 
     Every field is validated before the zone decides whether the record is held, so a held
     record is one that only needs a zone mapping, never one that will fail afterwards.
+
+    ``source`` is the driver's name, ``txn`` the TXN as journaled (it differs from the
+    field for a reused receipt number) and ``record_id`` the journal id, when known. A
+    record without a receipt number is numbered from its journal id: before it has one,
+    its ``permitNo`` is empty and :func:`permit_number` fills it in the journal's insert.
     """
-    _text(fields, "TXN", required=True)  # the dedupe key; the permit number unless PERMIT
+    permit = permit_number(fields, rules, source, txn, record_id)
     plate = normalise_plate(_text(fields, "PLATE", required=True), rules.keep_plate_separators)
     start, end = _session_times(fields, rules.timezone)
 
@@ -104,13 +128,12 @@ def map_record(fields: Mapping[str, str], rules: MappingRules) -> Mapped:
     if amount is not None:
         payload["Amount"] = amount
         currency = _text(fields, "CUR").upper() or rules.currency
-        if not re.fullmatch(r"[A-Z]{1,10}", currency):
+        if not CURRENCY_CODE.fullmatch(currency):
             raise MappingError("CUR", f"expected a currency code such as CAD, got {currency!r}")
         payload["CurrencyID"] = currency
     payload["LicencePlate"] = plate
     zone_at = len(payload)
-    permit_field = "PERMIT" if _text(fields, "PERMIT") else "TXN"
-    payload["permitNo"] = _limited(permit_field, _text(fields, permit_field), LIMITS["permitNo"])
+    payload["permitNo"] = permit or ""
     payload["startTime"] = start.strftime(WIRE_TIME)
     payload["endTime"] = end.strftime(WIRE_TIME)
     promo = _text(fields, "PROMO")
@@ -134,6 +157,22 @@ def map_record(fields: Mapping[str, str], rules: MappingRules) -> Mapped:
     items = list(payload.items())
     items.insert(zone_at, ("zone", _limited("ZONE", zone, LIMITS["zone"])))
     return Mapped(dict(items), zone_code, end.timestamp(), start.timestamp())
+
+
+def permit_number(
+    fields: Mapping[str, str],
+    rules: MappingRules,
+    source: str,
+    txn: str | None = None,
+    record_id: int | None = None,
+) -> str | None:
+    """A record's ``permitNo`` under the rules' numbering (see :mod:`agent.permits`): its
+    receipt number is ``PERMIT`` when the device sends one, else the TXN as journaled.
+    None while it has no receipt number and no journal id yet."""
+    field = "PERMIT" if _text(fields, "PERMIT") else "TXN"
+    receipt = _text(fields, "PERMIT") or (txn or "").strip() or _text(fields, "TXN")
+    number = rules.numbering.number(source, receipt or None, record_id, field)
+    return None if number is None else _limited(field, number, LIMITS["permitNo"])
 
 
 def normalise_plate(plate: str, keep_separators: bool = False) -> str:

@@ -22,6 +22,24 @@ TOKEN = "BENCH-TOKEN-1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+@dataclass(frozen=True)
+class Row:
+    bench: str
+    figure: str
+    value: float
+    unit: str
+    anchor: str = ""
+    anchor_value: float | None = None
+    goal: str = ""
+    met: bool | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.anchor_value:
+            return self.value / self.anchor_value
+        return None
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -49,8 +67,8 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float =
 class Emulator:
     """The controller emulator in its own process, as the agent meets a real controller."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/api/OC-TOMA/v1/permits/push"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "agent", "emulator", "--port", str(self.port)],

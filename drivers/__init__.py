@@ -1,28 +1,16 @@
 """Hardware drivers, by the config's ``kind``: each reads transactions from a source and
-hands them to the agent's journal through :class:`drivers.base.RecordSink`."""
+hands them to the agent's journal through :class:`drivers.base.RecordSink`.
+
+Here live the driver base (``base``), the table of kinds (``registry``), each kind's module
+(``serial_port``, ``simulated``) with its own option parser (``options``), the pure parts
+of the serial line (``framing``, ``records``, ``faults``), this PC's ports and who holds
+them (``ports``) and the meter end that ``simulate`` runs (``meter``). Drivers import
+nothing of the agent but ``agent.errors`` and ``agent.signals``; the agent imports them,
+never the other way round.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from drivers.registry import BACKENDS, create_driver, parse_options
 
-from drivers.base import Driver, DriverContext, RecordSink
-
-
-def registry() -> dict[str, type[Driver]]:
-    from drivers.serial_port import SerialDriver
-    from drivers.simulated import SimulatedDriver
-
-    kinds: list[type[Driver]] = [SerialDriver, SimulatedDriver]
-    return {cls.kind: cls for cls in kinds}
-
-
-def driver_option_parser(kind: str) -> Callable[[str, Mapping[str, Any]], Any] | None:
-    cls = registry().get(kind)
-    return cls.parse_options if cls else None
-
-
-def create_driver(
-    kind: str, name: str, options: Any, sink: RecordSink, context: DriverContext
-) -> Driver:
-    return registry()[kind](name, options, sink, context)
+__all__ = ["BACKENDS", "create_driver", "parse_options"]

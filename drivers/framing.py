@@ -51,6 +51,7 @@ class Fault(StrEnum):
 
     BAD_CHECKSUM = "bad_checksum"
     BROKEN = "broken"
+    NOISE = "noise"  # well framed, checksum and all, but not text: line noise that passed
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ class Framer(Protocol):
 
     def feed(self, data: bytes) -> list[Event]: ...
 
+    def encode(self, payload: bytes) -> bytes: ...
+
 
 def compute_checksum(data: bytes, kind: Checksum) -> bytes:
     """The check bytes for ``data``: XOR (the reference LRC), sum mod 256, or none."""
@@ -97,6 +100,27 @@ def compute_checksum(data: bytes, kind: Checksum) -> bytes:
     if kind == "sum":
         return bytes([sum(data) % 256])
     return b""
+
+
+def matching_checksums(frame: bytes) -> list[tuple[Checksum, bool]]:
+    """The settings (``checksum``, ``checksum_includes_etx``) under which ``frame``, one
+    that failed its one-byte checksum (``STX · payload · ETX · check``), would be good.
+
+    ``("none", True)`` when the check byte is an STX: a meter that sends no checksum at all
+    is read that way, its next frame's STX taken for the check byte. The point is to tell a
+    technician which setting the meter uses, from the frames that fail.
+    """
+    if len(frame) < 3 or frame[0] != STX or frame[-2] != ETX:
+        return []
+    got = frame[-1:]
+    if got == bytes([STX]):
+        return [("none", True)]
+    return [
+        (kind, includes_etx)
+        for kind in ("xor", "sum")
+        for includes_etx in (True, False)
+        if compute_checksum(frame[1:-1] if includes_etx else frame[1:-2], kind) == got
+    ]
 
 
 class StxEtxFramer:

@@ -5,7 +5,7 @@ the pay-station PC) and to test the agent end to end, with the very bytes a devi
 
 Contract — a stop-and-wait meter, like the hardware (contract.md §4):
 
-* each sale (from :class:`drivers.simulated.SimulatedMeter`, local time in the station's
+* each sale (from :class:`drivers.simulated.SalesGenerator`, local time in the station's
   zone) is framed as ``STX · kv payload · ETX · LRC`` and written; the meter then waits
   up to ``answer_timeout_s`` for ACK or NAK;
 * on NAK or silence it resends the *same* frame (same TXN) until it is ACKed or the meter
@@ -38,19 +38,15 @@ from zoneinfo import ZoneInfo
 
 import serial
 
-from agent.errors import AgentError
+from agent.errors import MeterError
 from agent.signals import Flag
 from drivers.framing import ACK, ETX, NAK, STX, StxEtxFramer
 from drivers.records import format_kv
-from drivers.simulated import SimulatedMeter
+from drivers.simulated import SalesGenerator
 
 READ_SLICE_S = 0.05  # one read's wait: bounds how late a stop is noticed
 NOISE_BYTES = bytes(b for b in range(256) if b != STX)
 MAX_NOISE = 16
-
-
-class MeterError(AgentError):
-    """The meter cannot run: a bad option or a port that cannot be opened."""
 
 
 @dataclass(frozen=True)
@@ -68,8 +64,11 @@ class MeterSettings:
     answer_timeout_s: float = 2.0
     timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
     zones: tuple[str, ...] = ("1", "2", "3", "4")
+    batch: str | None = None  # the receipts' batch prefix; None: one made from the clock
 
     def __post_init__(self) -> None:
+        if self.batch is not None and not (self.batch.isascii() and self.batch.isalnum()):
+            raise MeterError(f"--batch: expected letters and digits, got {self.batch!r}")
         for name in ("noise", "corrupt", "invalid_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -121,7 +120,9 @@ class SerialMeter:
         self.acked_out = acked_out
         self.tally = Tally()
         self.framer = StxEtxFramer()
-        self.sales = SimulatedMeter(settings.seed, settings.zones, settings.invalid_rate)
+        self.sales = SalesGenerator(
+            settings.seed, settings.zones, settings.invalid_rate, settings.batch
+        )
         # the line's faults have their own generator, so the sales stay the same per seed
         self.random = random.Random(None if settings.seed is None else settings.seed + 1)
 

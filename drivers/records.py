@@ -10,11 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from agent.errors import AgentError
-
-
-class RecordFormatError(AgentError):
-    """Bytes that are well framed but are not a record; says where it went wrong."""
+from agent.errors import RecordFormatError
 
 
 def parse_kv(payload: bytes, renames: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -68,6 +64,21 @@ def parse_json(payload: bytes, renames: Mapping[str, str] | None = None) -> dict
 
 
 PARSERS = {"kv": parse_kv, "json": parse_json}
+# C0 control characters that no record's text holds (tab, CR and LF may appear)
+_CONTROL = frozenset(range(32)) - {0x09, 0x0A, 0x0D}
+
+
+def is_text(payload: bytes) -> bool:
+    """Could ``payload`` be a record at all? Every format is UTF-8 text without control
+    characters, and not blank. Random line noise almost never is: of the frames it makes
+    that pass an 8-bit checksum by chance (8 per MB), most are not UTF-8 and the commonest
+    of the rest is the empty frame ``STX ETX ETX``. So noise is told apart from a device's
+    bad record, which is text and is kept for a person to see."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return bool(text.strip()) and not _CONTROL.intersection(payload)
 
 
 def _decode(payload: bytes) -> str:

@@ -9,31 +9,48 @@ else (framing, record formats, names) is configuration, because devices differ.
 Contract of the read loop:
 
 * each good frame becomes one :class:`~drivers.base.HardwareRecord` (``raw`` = the payload
-  bytes); a payload that is not a record in the configured ``format`` still becomes one,
-  with ``error`` set, so it is journaled as rejected and ACKed, never silently dropped;
+  bytes); a text payload that is not a record in the configured ``format`` still becomes
+  one, with ``error`` set, so it is journaled as rejected and ACKed, never silently
+  dropped. A payload that is not even text (not UTF-8, or control characters) is taken
+  for line noise that passed the checksum by chance: a bad frame (``noise``), unless the
+  device sends the same frame again at once (a resend: then it is a record);
 * ACK is written after ``sink.submit`` returns a safe receipt, NAK otherwise; a bad
-  checksum or a broken frame is NAKed without reaching the sink;
+  checksum, a broken frame or noise is NAKed without reaching the sink (in line mode it
+  is skipped), counted, and summarised in the log at most every
+  ``FAULT_SUMMARY_EVERY_S`` (:mod:`drivers.faults`), naming the checksum setting the
+  failing frames would match;
 * line mode (``framing = "line"``) never writes: the device has no answer bytes, so a line
   the journal refuses is offered again until it is stored (the reader does not move on);
 * a port that cannot be opened or vanishes (USB unplugged) is closed and reopened with
-  capped exponential backoff (0.5 s doubling to ``reconnect_max_s``), waiting on
-  :attr:`stopping` so a stop is prompt. One warning per outage, one line when it is back.
+  capped exponential backoff (0.5 s doubling to ``reconnect_max_s``: tenacity's
+  ``wait_exponential``), waiting on :attr:`stopping` so a stop is prompt. One warning per
+  outage, one line when it is back;
+* the port is opened exclusively (pyserial's ``exclusive=True``: an ``flock`` on the
+  device), so a second agent or a ``tap`` on the same port is refused and a port they
+  hold is reported *busy*, naming the process (:func:`drivers.ports.busy_reason`), in the
+  log and the health detail: two readers would each get some of the frames, and the
+  sales would land in two journals. A reader that takes no lock is named in a warning.
 
 Health counters (``health.frames``): ``ok`` (well framed and parsed), ``unparseable``,
-``bad_checksum``, ``broken``, and per receipt ``duplicate`` and ``refused``.
+``bad_checksum``, ``broken``, ``noise``, and per receipt ``duplicate`` and ``refused``.
+
+A little over 400 lines, and one module still: the options, the port's lifecycle and the
+frames' answers are the one story of when a device hears ACK, best read in one sitting.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import serial
+import tenacity
 
-from agent.config import option_reader
+from agent.errors import RecordFormatError
 from drivers.base import (
     BatchSink,
     Driver,
@@ -42,6 +59,7 @@ from drivers.base import (
     Receipt,
     RecordSink,
 )
+from drivers.faults import FaultSummary
 from drivers.framing import (
     ACK,
     CHECKSUMS,
@@ -50,19 +68,21 @@ from drivers.framing import (
     BadFrame,
     Checksum,
     Event,
+    Fault,
+    Frame,
     Framer,
     LineFramer,
     StxEtxFramer,
 )
-from drivers.records import PARSERS, RecordFormatError
-
-if TYPE_CHECKING:
-    from agent.config import _OptionReader
+from drivers.options import TableReader, option_reader
+from drivers.ports import busy_reason, holders
+from drivers.records import PARSERS, is_text
 
 READ_TIMEOUT_S = 0.2  # how long one read waits: bounds how late a stop is noticed
 WRITE_TIMEOUT_S = 2.0  # an answer byte that cannot leave in this time means a dead port
 FIRST_RETRY_S = 0.5
 LINE_REFUSED_RETRY_S = 1.0
+FAULT_SUMMARY_EVERY_S = 10.0  # at most one log line this often about a port's bad frames
 PARITIES = ("N", "E", "O", "M", "S")
 STOPBITS = (1, 1.5, 2)
 FRAMINGS = ("stx-etx", "line")
@@ -90,7 +110,8 @@ KNOWN_KEYS = {
 
 @dataclass(frozen=True)
 class SerialOptions:
-    """One ``[[drivers]] kind = "serial"`` table, validated. Field names are the keys."""
+    """One ``[[drivers]] kind = "serial"`` table, validated. Field names are the keys, and
+    field defaults the defaults (``parse_options`` reads them from here)."""
 
     port: str
     baudrate: int = 9600
@@ -118,6 +139,30 @@ class SerialOptions:
             max_frame=self.max_frame,
         )
 
+    def open_port(self) -> Port:
+        """The line, opened exclusively (flock: a second agent or a ``tap`` is refused, not
+        fed half the frames); the driver and ``tap`` open it this one way."""
+        port: Port = serial.serial_for_url(
+            self.port,
+            do_not_open=False,
+            baudrate=self.baudrate,
+            bytesize=self.bytesize,
+            parity=self.parity,
+            stopbits=self.stopbits,
+            timeout=READ_TIMEOUT_S,
+            write_timeout=WRITE_TIMEOUT_S,
+            exclusive=True,
+        )
+        return port
+
+    def read_fields(self, payload: bytes) -> tuple[dict[str, str], str | None]:
+        """A frame's payload as the fields of a record, under this ``format`` and
+        ``renames``; or no fields and why not (the record is then kept as rejected)."""
+        try:
+            return PARSERS[self.format](payload, self.renames), None
+        except RecordFormatError as exc:
+            return {}, f"not a {self.format} record: {exc}"
+
     @property
     def line_settings(self) -> str:
         stop = f"{self.stopbits:g}"
@@ -137,23 +182,6 @@ class Port(Protocol):
     def close(self) -> None: ...
 
 
-class Backoff:
-    """Capped doubling delays between reconnection attempts: 0.5, 1, 2, ... ``cap``."""
-
-    def __init__(self, first: float, cap: float) -> None:
-        self.first = first
-        self.cap = max(cap, first)
-        self._next = first
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self._next * 2, self.cap)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.first
-
-
 class SerialDriver(Driver):
     """Reads frames from a serial port, journals them through the sink, answers ACK/NAK."""
 
@@ -171,6 +199,14 @@ class SerialDriver(Driver):
         )
         self._outage_since: float | None = None  # monotonic start of the current outage
         self._opened_before = False
+        self._suspected_noise: bytes | None = None  # a non-text payload NAKed last
+        self._faults = FaultSummary(
+            name,
+            self.log,
+            checksum=options.checksum,
+            checksum_includes_etx=options.checksum_includes_etx,
+            every_s=FAULT_SUMMARY_EVERY_S,
+        )
 
     @classmethod
     def parse_options(cls, prefix: str, options: Mapping[str, Any]) -> SerialOptions:
@@ -181,36 +217,38 @@ class SerialDriver(Driver):
             "port" not in options or bool(port.strip()),
             "expected a device path such as /dev/ttyUSB0 or a pyserial URL",
         )
-        baudrate = r.take("baudrate", int, 9600)
+        baudrate = r.take("baudrate", int, SerialOptions.baudrate)
         r.check("baudrate", 50 <= baudrate <= 4_000_000, f"expected a baud rate, got {baudrate}")
-        bytesize = r.take("bytesize", int, 8)
+        bytesize = r.take("bytesize", int, SerialOptions.bytesize)
         r.check("bytesize", 5 <= bytesize <= 8, f"expected 5, 6, 7 or 8, got {bytesize}")
-        parity = r.take("parity", str, "N").upper()
+        parity = r.take("parity", str, SerialOptions.parity).upper()
         r.check("parity", parity in PARITIES, f"expected one of N, E, O, M, S, got {parity!r}")
-        stopbits = r.take_number("stopbits", 1, low=1, high=2)
+        stopbits = r.take_number("stopbits", SerialOptions.stopbits, low=1, high=2)
         r.check("stopbits", stopbits in STOPBITS, f"expected 1, 1.5 or 2, got {stopbits:g}")
-        framing = r.take("framing", str, "stx-etx")
+        framing = r.take("framing", str, SerialOptions.framing)
         r.check("framing", framing in FRAMINGS, f'expected "stx-etx" or "line", got {framing!r}')
-        fmt = r.take("format", str, "kv")
+        fmt = r.take("format", str, SerialOptions.format)
         r.check("format", fmt in PARSERS, f'expected "kv" or "json", got {fmt!r}')
-        checksum = r.take("checksum", str, "xor")
+        checksum = r.take("checksum", str, SerialOptions.checksum)
         r.check(
             "checksum", checksum in CHECKSUMS, f'expected "xor", "sum" or "none", got {checksum!r}'
         )
-        includes_etx = r.take("checksum_includes_etx", bool, True)
-        ack = _byte_option(r, "ack", ACK)
-        nak = _byte_option(r, "nak", NAK)
+        includes_etx = r.take("checksum_includes_etx", bool, SerialOptions.checksum_includes_etx)
+        ack = _byte_option(r, "ack", SerialOptions.ack)
+        nak = _byte_option(r, "nak", SerialOptions.nak)
         r.check("nak", ack != nak, f"ACK and NAK must differ, both are {ack}")
-        terminator = r.take("terminator", str, "\n")
+        terminator = r.take("terminator", str, SerialOptions.terminator)
         r.check("terminator", bool(terminator), "expected a non-empty line terminator")
-        max_frame = r.take("max_frame", int, DEFAULT_MAX_FRAME)
+        max_frame = r.take("max_frame", int, SerialOptions.max_frame)
         r.check(
             "max_frame",
             16 <= max_frame <= 1_048_576,
             f"expected 16 to 1048576 bytes, got {max_frame}",
         )
         renames = _renames_option(r)
-        reconnect = r.take_number("reconnect_max_s", 30.0, low=FIRST_RETRY_S, high=3600.0)
+        reconnect = r.take_number(
+            "reconnect_max_s", SerialOptions.reconnect_max_s, low=FIRST_RETRY_S, high=3600.0
+        )
         return r.done(
             lambda: SerialOptions(
                 port=port,
@@ -234,29 +272,36 @@ class SerialDriver(Driver):
     # -- the port's lifecycle ----------------------------------------------------------
 
     def _run(self) -> None:
-        delays = Backoff(FIRST_RETRY_S, self.options.reconnect_max_s)
-        while not self.stopping.is_set():
-            port = self._open()
-            if port is not None and self._serve(port):
-                delays.reset()  # it worked for a while: the next outage starts over
-            if self.stopping.wait(delays.next()):
-                return
+        """Connect; after each connection (or failure to open), wait ``FIRST_RETRY_S`` and
+        connect again. While connections bring no bytes, the waits double (an outage:
+        0.5, 1, 2 ... ``reconnect_max_s``); one that brings bytes starts over."""
+        outage = tenacity.Retrying(
+            wait=tenacity.wait_exponential(
+                multiplier=2 * FIRST_RETRY_S, min=FIRST_RETRY_S, max=self.options.reconnect_max_s
+            ),
+            retry=tenacity.retry_if_result(
+                lambda received: not received and not self.stopping.is_set()
+            ),
+            sleep=tenacity.nap.sleep_using_event(self.stopping),
+        )
+        self._connection()
+        while not self.stopping.wait(FIRST_RETRY_S):
+            outage(self._connection)  # returns after a connection that brought bytes
+
+    def _connection(self) -> bool:
+        """Open the port and read until stopped or it fails; True if bytes came in. Nothing
+        once stopping (a stop ends the wait before an attempt, not the attempt)."""
+        if self.stopping.is_set():
+            return False
+        port = self._open()
+        return port is not None and self._serve(port)
 
     def _open(self) -> Port | None:
-        opts = self.options
         try:
-            port: Port = serial.serial_for_url(
-                opts.port,
-                do_not_open=False,
-                baudrate=opts.baudrate,
-                bytesize=opts.bytesize,
-                parity=opts.parity,
-                stopbits=opts.stopbits,
-                timeout=READ_TIMEOUT_S,
-                write_timeout=WRITE_TIMEOUT_S,
-            )
+            port = self.options.open_port()
         except (serial.SerialException, OSError, ValueError) as exc:
-            self._unavailable("unavailable", exc)
+            busy = busy_reason(self.options.port, exc)
+            self._unavailable("busy" if busy else "unavailable", busy or exc)
             return None
         self._connected()
         return port
@@ -270,7 +315,8 @@ class SerialDriver(Driver):
                 while not self.stopping.is_set():
                     data = port.read(max(1, port.in_waiting))
                     received = received or bool(data)
-                    self._handle_all(port, framer.feed(data))
+                    self._handle_all(port, [self._screen(e) for e in framer.feed(data)])
+                    self._faults.tick()
             except (serial.SerialException, OSError) as exc:
                 self._unavailable("lost", exc)
         return received
@@ -283,18 +329,37 @@ class SerialDriver(Driver):
             self.log.info("port %s is back after %.0f s", self.options.port, down)
         elif not self._opened_before:
             self.log.info("port %s open (%s)", self.options.port, self.options.line_settings)
+        if self._outage_since is not None or not self._opened_before:
+            self._warn_other_readers()
         self._outage_since = None
         self._opened_before = True
 
-    def _unavailable(self, what: str, exc: Exception) -> None:
-        """Log the first failure of an outage as a warning, the retries only at debug."""
+    def _unavailable(self, what: str, cause: Exception | str) -> None:
+        """Log the first failure of an outage as a warning, the retries only at debug.
+        ``cause`` is the error, or a sentence already saying it (a busy port's holder)."""
         self.health.connected = False
-        self.health.detail = f"{what}: {exc}"
+        self.health.detail = cause if isinstance(cause, str) else f"{what}: {cause}"
         if self._outage_since is None:
             self._outage_since = time.monotonic()
-            self.log.warning("port %s %s: %s, retrying", self.options.port, what, exc)
+            if isinstance(cause, str):
+                self.log.warning("port %s %s, retrying", self.options.port, cause)
+            else:
+                self.log.warning("port %s %s: %s, retrying", self.options.port, what, cause)
         else:
-            self.log.debug("port %s still unavailable: %s", self.options.port, exc)
+            self.log.debug("port %s still unavailable: %s", self.options.port, cause)
+
+    def _warn_other_readers(self) -> None:
+        """The lock keeps out readers that lock (another agent, ``tap``, picocom); one
+        that does not (``cat``, some terminals) and opened the port first is only seen in
+        /proc: it would take some of the bytes, so it is named."""
+        others = holders(self.options.port, exclude=(os.getpid(),))
+        if others.seen:
+            self.log.warning(
+                "port %s is also open in %s: a process reading it takes some of the "
+                "frames from the agent; close it",
+                self.options.port,
+                others.describe(),
+            )
 
     # -- frames --------------------------------------------------------------------------
 
@@ -325,25 +390,35 @@ class SerialDriver(Driver):
             self._count(receipt)
             self._answer(port, self.options.ack if receipt.safe else self.options.nak)
 
+    def _screen(self, event: Event) -> Event:
+        """A frame whose payload is not text is taken for line noise that passed the
+        checksum by chance (1 in 256 for random bytes): a bad frame, NAKed. The same frame
+        again, next, is the device resending what was NAKed (noise does not repeat itself):
+        then it is the device's record, kept as rejected with its raw bytes and ACKed, so
+        a meter that really sends such bytes is never stuck on one frame."""
+        if not isinstance(event, Frame) or is_text(event.payload):
+            self._suspected_noise = None
+            return event
+        if event.payload == self._suspected_noise:
+            self._suspected_noise = None
+            return event
+        self._suspected_noise = event.payload
+        return BadFrame(Fault.NOISE, event.offset, "payload is not text", event.payload)
+
     def _handle(self, port: Port, event: Event) -> None:
         self.health.last_frame_at = time.time()
         if isinstance(event, BadFrame):
             self.health.frames[event.fault.value] += 1
-            self.log.info("bad frame at byte %d of the stream: %s", event.offset, event.detail)
+            self._faults.add(event)
             self._answer(port, self.options.nak)
             return
         receipt = self._store(self._record(event.payload))
         self._answer(port, self.options.ack if receipt.safe else self.options.nak)
 
     def _record(self, payload: bytes) -> HardwareRecord:
-        fmt = self.options.format
-        try:
-            fields = PARSERS[fmt](payload, self.options.renames)
-        except RecordFormatError as exc:
-            self.health.frames["unparseable"] += 1
-            return HardwareRecord(payload, {}, self.name, error=f"not a {fmt} record: {exc}")
-        self.health.frames["ok"] += 1
-        return HardwareRecord(payload, fields, self.name)
+        fields, error = self.options.read_fields(payload)
+        self.health.frames["ok" if error is None else "unparseable"] += 1
+        return HardwareRecord(payload, fields, self.name, error=error)
 
     def _store(self, record: HardwareRecord) -> Receipt:
         receipt = self._submit(record)
@@ -372,13 +447,13 @@ class SerialDriver(Driver):
             port.write(bytes([byte]))
 
 
-def _byte_option(r: _OptionReader, key: str, default: int) -> int:
+def _byte_option(r: TableReader, key: str, default: int) -> int:
     value = r.take(key, int, default)
     r.check(key, 0 <= value <= 255, f"expected a byte value 0-255, got {value}")
     return value
 
 
-def _renames_option(r: _OptionReader) -> dict[str, str]:
+def _renames_option(r: TableReader) -> dict[str, str]:
     """``renames = { PLATENO = "PLATE" }``: device key -> reference name, upper-cased."""
     table: dict[str, Any] = r.take("renames", dict, {})
     ok = all(isinstance(v, str) and v.strip() and k.strip() for k, v in table.items())

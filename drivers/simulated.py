@@ -1,5 +1,7 @@
 """A simulated meter: realistic parking sales, seeded, at a configurable rate.
 
+The sales come from a :class:`SalesGenerator`, paced by :class:`SimulatedDriver`.
+
 Used by the demo and the tests through the same interface as hardware. It behaves like a
 meter that keeps a transaction until the agent has stored it: a refused record (disk
 full) is offered again a moment later, never skipped.
@@ -21,8 +23,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from agent.config import option_reader
 from drivers.base import Driver, HardwareRecord, Receipt
+from drivers.options import option_reader
 from drivers.records import format_kv
 
 LOCAL_TIME = "%Y-%m-%dT%H:%M:%S"
@@ -31,6 +33,9 @@ HOURLY_RATE = Decimal("2.50")
 
 @dataclass(frozen=True)
 class SimulatedOptions:
+    """One ``[[drivers]] kind = "simulated"`` table, validated; the field defaults are the
+    defaults."""
+
     rate: float = 1.0
     count: int = 0
     seed: int | None = None
@@ -38,15 +43,22 @@ class SimulatedOptions:
     zones: tuple[str, ...] = ("1", "2", "3", "4")
 
 
-class SimulatedMeter:
+class SalesGenerator:
     """The sales themselves, separate from pacing so tests and ``simulate`` can reuse it."""
 
-    def __init__(self, seed: int | None, zones: tuple[str, ...], invalid_rate: float) -> None:
+    def __init__(
+        self,
+        seed: int | None,
+        zones: tuple[str, ...],
+        invalid_rate: float,
+        batch: str | None = None,
+    ) -> None:
         self.random = random.Random(seed)
         self.zones = zones
         self.invalid_rate = invalid_rate
-        # a per-run batch prefix keeps TXNs unique across restarts, like a meter's batch number
-        self.batch = _base36(int(time.time() * 1000) % 36**6).rjust(6, "0")
+        # a per-run batch prefix keeps TXNs unique across restarts, like a meter's batch
+        # number; a given one makes meters that number their receipts alike
+        self.batch = batch or _base36(int(time.time() * 1000) % 36**6).rjust(6, "0")
         self.sequence = 0
 
     def next_sale(self, now_local: datetime) -> dict[str, str]:
@@ -92,12 +104,12 @@ class SimulatedDriver(Driver):
     @classmethod
     def parse_options(cls, prefix: str, options: Mapping[str, Any]) -> SimulatedOptions:
         r = option_reader(prefix, options, {"rate", "count", "seed", "invalid_rate", "zones"})
-        rate = r.take_number("rate", 1.0, low=0.001, high=10_000)
-        count = r.take("count", int, 0)
+        rate = r.take_number("rate", SimulatedOptions.rate, low=0.001, high=10_000)
+        count = r.take("count", int, SimulatedOptions.count)
         r.check("count", count >= 0, f"expected 0 (forever) or a positive count, got {count}")
-        seed = r.take("seed", int, 0) if "seed" in options else None
-        invalid = r.take_number("invalid_rate", 0.02, low=0.0, high=1.0)
-        zones = r.take("zones", list, ["1", "2", "3", "4"])
+        seed = r.take("seed", int, 0) if "seed" in options else SimulatedOptions.seed
+        invalid = r.take_number("invalid_rate", SimulatedOptions.invalid_rate, low=0.0, high=1.0)
+        zones = r.take("zones", list, list(SimulatedOptions.zones))
         r.check(
             "zones",
             bool(zones) and all(isinstance(z, str) and z for z in zones),
@@ -107,12 +119,12 @@ class SimulatedDriver(Driver):
 
     def _run(self) -> None:
         opts = self.options
-        meter = SimulatedMeter(opts.seed, opts.zones, opts.invalid_rate)
+        sales = SalesGenerator(opts.seed, opts.zones, opts.invalid_rate)
         interval = 1.0 / opts.rate
         self.health.connected = True
         next_at = time.monotonic()
-        while not self.stopping.is_set() and (opts.count == 0 or meter.sequence < opts.count):
-            fields = meter.next_sale(datetime.now(self.context.timezone).replace(tzinfo=None))
+        while not self.stopping.is_set() and (opts.count == 0 or sales.sequence < opts.count):
+            fields = sales.next_sale(datetime.now(self.context.timezone).replace(tzinfo=None))
             record = HardwareRecord(format_kv(fields), fields, self.name)
             while self.sink.submit(record) is Receipt.REFUSED:
                 self.health.frames["refused"] += 1

@@ -34,6 +34,21 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
         yield j
 
 
+# the keys contract.md promises in `status --json`
+STATUS_CONTRACT_KEYS = (
+    "pending",
+    "held",
+    "sent",
+    "rejected",
+    "dead",
+    "active_pending",
+    "oldest_pending_s",
+    "last_success",
+    "last_error",
+    "paused",
+)
+
+
 def write_config(
     directory: Path,
     url: str,
@@ -148,8 +163,15 @@ def stop_agent(agent: subprocess.Popen[bytes], timeout: float = 15) -> int:
         pytest.fail(f"the agent did not stop within {timeout:g} s of SIGTERM")
 
 
-def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    """Wait for a condition the system reaches by itself (never asserts on elapsed time)."""
+def eventually(
+    check: Callable[[], Any],
+    timeout: float = 15.0,
+    what: str = "condition",
+    *,
+    interval: float = 0.02,
+) -> Any:
+    """Wait for a condition the system reaches by itself (never asserts on elapsed time),
+    looking every ``interval`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -157,4 +179,4 @@ def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "con
             return result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(interval)

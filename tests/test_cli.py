@@ -13,6 +13,7 @@ import pytest
 
 from agent.emulator import ControllerEmulator
 from tests.conftest import (
+    STATUS_CONTRACT_KEYS,
     TOKEN,
     agent_env,
     cli,
@@ -55,18 +56,7 @@ def test_run_delivers_status_works_meanwhile_and_sigterm_is_clean(
         status = cli("status", "--json", "--config", str(config))  # --config after the command
         assert status.returncode == 0, status.stderr
         doc = json.loads(status.stdout)
-        for key in (
-            "pending",
-            "held",
-            "sent",
-            "rejected",
-            "dead",
-            "active_pending",
-            "oldest_pending_s",
-            "last_success",
-            "last_error",
-            "paused",
-        ):
+        for key in STATUS_CONTRACT_KEYS:
             assert key in doc
         assert doc["sent"] == 30 and doc["pending"] == 0 and doc["running"] is True
         human = cli("--config", str(config), "status")  # --config before the command
@@ -321,6 +311,8 @@ def test_emulator_command_serves_with_a_fault_and_stops_on_sigterm() -> None:
             "VENDOR-1",
             "--fault",
             "throttle:1",
+            "--dedupe",
+            "permit",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -344,9 +336,56 @@ def test_emulator_command_serves_with_a_fault_and_stops_on_sigterm() -> None:
             assert throttled.status_code == 429 and throttled.headers["Retry-After"]
             accepted = client.post(url, json=body)
             assert accepted.status_code == 200 and accepted.json()["status"] == "success"
+            same_number = client.post(url, json={**body, "LicencePlate": "OTHER1"})
+            assert same_number.json()["ErrorCode"] == 9022  # --dedupe permit
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def test_rejected_records_older_than_the_retention_are_pruned_like_sent_ones(
+    tmp_path: Path, emulator: ControllerEmulator
+) -> None:
+    """Garbage that reached the journal as rejected must not stay forever: `run` prunes
+    rejected records received more than retention_days ago, as it prunes delivered ones.
+    Recent rejected records, and every undelivered or refused one, stay."""
+    from agent.intake import Intake
+    from agent.journal import Attempt, Journal, State
+    from drivers.base import HardwareRecord
+    from drivers.records import parse_kv
+    from tests.test_serial import rules, sale
+
+    config = write_config(tmp_path, emulator.url)  # retention_days: the default, 30
+    path = tmp_path / "journal.sqlite3"
+    long_ago = time.time() - 40 * 86400
+
+    def submit(journal: Journal, txn: str, **fields: str) -> None:
+        raw = sale(txn, **fields)
+        Intake(journal, "PS-TEST", rules()).submit(HardwareRecord(raw, parse_kv(raw), "meter-1"))
+
+    with Journal(path, clock=lambda: long_ago) as journal:
+        submit(journal, "OLD-REJECTED-1", PLATE="")
+        submit(journal, "OLD-REJECTED-2", AMT="1.234")
+        submit(journal, "OLD-DEAD")
+        submit(journal, "OLD-PENDING")
+        dead = journal.claim(1)[0]
+        journal.record_attempt(dead.id, Attempt("rejected", State.DEAD, 400, "HTTP 400", ""))
+    with Journal(path) as journal:
+        submit(journal, "NEW-REJECTED", PLATE="")
+    log = tmp_path / "agent.log"
+    agent = start_agent(config, log)
+    try:
+        eventually(lambda: len(emulator.accepted) == 1, what="the old pending sale delivered")
+        eventually(lambda: "station PS-TEST running" in log.read_text(), what="the start done")
+    finally:
+        assert stop_agent(agent) == 0
+    db = sqlite3.connect(path)
+    try:
+        left = dict(db.execute("SELECT txn, state FROM records"))
+    finally:
+        db.close()
+    assert left == {"OLD-DEAD": "dead", "OLD-PENDING": "sent", "NEW-REJECTED": "rejected"}
+    assert "pruned 2 rejected record(s) received more than 30 days ago" in log.read_text()

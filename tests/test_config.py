@@ -23,11 +23,13 @@ from agent.config import (
     ZoneSettings,
     default_journal_path,
     load_config,
+    resolve_proxy_auth,
     resolve_token,
 )
 from agent.errors import ConfigError, ConfigErrors
 from agent.mapping import MappingRules, map_record
 from drivers.simulated import SimulatedOptions
+from tests.certs import make_ca
 
 TOKEN = "TEST-TOKEN-0042"
 PUSH_URL = "https://controller.operationscommander.io/api/OC-TOMA/v1/permits/push"
@@ -780,6 +782,28 @@ def test_missing_token_file_names_controller_token_file(tmp_path: Path) -> None:
     ]
 
 
+def test_a_config_for_reading_needs_neither_the_token_nor_the_controller_table(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "no-such-token"
+    config = load_config(token_config(tmp_path, missing), environ={}, sending=False)
+    assert config.controller.token_file == missing  # named, never read
+    bare = write(tmp_path, '[agent]\nstation_id = "PS-1"\ntimezone = "UTC"\n')
+    assert load_config(bare, environ={}, sending=False).controller.url == DEFAULT_URL
+    with pytest.raises(ConfigErrors) as info:  # what sends still needs both
+        load_config(bare, environ={})
+    assert "controller: missing table [controller]" in [str(e) for e in info.value.errors]
+
+
+def test_a_config_for_reading_still_names_a_bad_controller_key(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.replace("[controller]", "[controller]\ntimeout_s = 0.1"))
+    with pytest.raises(ConfigErrors) as info:
+        load_config(path, environ={}, sending=False)
+    assert [str(e) for e in info.value.errors] == [
+        "controller.timeout_s: expected a number from 0.5 to 120, got 0.1"
+    ]
+
+
 def test_token_file_that_is_a_directory(tmp_path: Path) -> None:
     path = token_config(tmp_path, tmp_path)
     with pytest.raises(ConfigErrors) as info:
@@ -847,10 +871,26 @@ def test_state_directory_list_uses_the_first(tmp_path: Path) -> None:
     assert default_journal_path(environ) == tmp_path / "a" / "journal.sqlite3"
 
 
-def test_without_state_directory_the_journal_is_in_the_user_data_dir(tmp_path: Path) -> None:
+def test_without_state_directory_the_journal_is_in_the_user_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agent.config.model.SYSTEM_STATE_DIR", tmp_path / "not-installed")
     config = load_text(tmp_path, BASE, environ={"PAYSTATION_AGENT_TOKEN": TOKEN})
     assert config.agent.journal.name == "journal.sqlite3"
     assert config.agent.journal.parent.name == "paystation-agent"
+
+
+def test_a_technicians_command_finds_the_services_journal_without_a_journal_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's journal is in $STATE_DIRECTORY (/var/lib/paystation-agent); a
+    technician's shell has no STATE_DIRECTORY, and must still read that journal, not one
+    of its own in root's home ("no journal yet" beside a running service)."""
+    system = tmp_path / "var" / "lib" / "paystation-agent"
+    system.mkdir(parents=True)
+    monkeypatch.setattr("agent.config.model.SYSTEM_STATE_DIR", system)
+    assert default_journal_path({}) == system / "journal.sqlite3"
+    assert default_journal_path({"STATE_DIRECTORY": str(system)}) == system / "journal.sqlite3"
 
 
 def test_explicit_journal_beats_the_state_directory(tmp_path: Path) -> None:
@@ -875,3 +915,79 @@ def test_the_example_config_is_valid_and_shows_every_key(tmp_path: Path) -> None
     serial_keys = set(vars(config.drivers[0].options))
     for key in serial_keys - {"renames"}:
         assert f"\n{key} " in text or f"\n{key}=" in text, f"{key} is not documented"
+
+
+# --- the site's network: proxy, its credentials, a private CA ----------------------------
+
+
+def controller_keys(text: str) -> str:
+    return BASE.replace("[controller]\n", f"[controller]\n{text}\n")
+
+
+def test_proxy_ca_file_and_proxy_credentials_load(tmp_path: Path) -> None:
+    ca = tmp_path / "site-ca.pem"
+    ca.write_text(_any_ca_pem())
+    auth = token_file(tmp_path, "alice:pa55-word\n", name="proxy-auth")
+    text = controller_keys(
+        f'proxy = "http://proxy.site.example:3128"\nca_file = "{ca}"\nproxy_auth_file = "{auth}"'
+    )
+    config = load_text(tmp_path, text)
+    assert config.controller.proxy == "http://proxy.site.example:3128"
+    assert config.controller.ca_file == ca
+    found = resolve_proxy_auth(config.controller, {})
+    assert found is not None and found.user == "alice" and found.password.reveal() == "pa55-word"
+    assert "pa55-word" not in repr(found)
+
+
+def test_proxy_credentials_come_from_the_credentials_directory(tmp_path: Path) -> None:
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "proxy-auth").write_text("bob:hunter-2\n")
+    config = load_text(tmp_path, BASE)
+    found = resolve_proxy_auth(config.controller, {"CREDENTIALS_DIRECTORY": str(creds)})
+    assert found is not None and (found.user, found.password.reveal()) == ("bob", "hunter-2")
+    assert resolve_proxy_auth(config.controller, {}) is None
+
+
+def test_proxy_credentials_in_the_config_file_are_refused(tmp_path: Path) -> None:
+    error = only_error(tmp_path, controller_keys('proxy = "http://alice:pa55@proxy:3128"'))
+    assert error.startswith("controller.proxy: credentials do not belong in the config file")
+    assert "pa55" not in error
+
+
+@pytest.mark.parametrize(
+    "proxy", ["socks5://proxy:1080", "proxy:3128", "http://proxy:3128/path", "http://proxy:99999"]
+)
+def test_a_proxy_that_is_no_http_proxy_url_is_refused(tmp_path: Path, proxy: str) -> None:
+    assert only_error(tmp_path, controller_keys(f'proxy = "{proxy}"')).startswith(
+        "controller.proxy: "
+    )
+
+
+def test_direct_overrides_the_environments_proxy(tmp_path: Path) -> None:
+    assert load_text(tmp_path, controller_keys('proxy = "direct"')).controller.proxy == "direct"
+
+
+def test_a_ca_file_that_is_missing_or_holds_no_certificate_is_refused(tmp_path: Path) -> None:
+    missing = tmp_path / "none.pem"
+    assert only_error(tmp_path, controller_keys(f'ca_file = "{missing}"')) == (
+        f"controller.ca_file: CA file {missing} does not exist"
+    )
+    junk = write(tmp_path, "not a certificate\n", name="junk.pem")
+    assert only_error(tmp_path, controller_keys(f'ca_file = "{junk}"')).startswith(
+        f"controller.ca_file: {junk} holds no PEM certificate"
+    )
+
+
+def test_a_proxy_credentials_file_without_a_password_names_the_key_not_the_text(
+    tmp_path: Path,
+) -> None:
+    auth = token_file(tmp_path, "alice-without-colon\n", name="proxy-auth")
+    error = only_error(tmp_path, controller_keys(f'proxy_auth_file = "{auth}"'))
+    assert error.startswith("controller.proxy_auth_file: expected one line user:password in")
+    assert "alice-without-colon" not in error
+
+
+def _any_ca_pem() -> str:
+    """A certificate to stand for a site's CA (made here: no file of the system's read)."""
+    return make_ca("Config Test CA").cert_pem.decode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,7 @@ def test_vendor_example_is_accepted_with_a_reference_id(
         "invalid": 0,
         "auth": 0,
         "fault": 0,
+        "overloaded": 0,
         "total": 1,
     }
 
@@ -270,6 +273,21 @@ def test_repeat_gives_9022_and_is_not_stored_again(
     assert emulator.counts()["duplicate"] == 2
 
 
+def test_dedupe_on_permit_number_alone_answers_9022_for_another_sale_with_that_number(
+    client: httpx.Client,
+) -> None:
+    with ControllerEmulator(token=TOKEN, dedupe="permit") as emulator:
+        first = push(client, emulator, VENDOR_EXAMPLE)
+        other_sale = push(client, emulator, payload(LicencePlate="OTHER1"))
+        other_permit = push(client, emulator, payload(permitNo="L4-1139"))
+
+    assert first.json()["status"] == other_permit.json()["status"] == "success"
+    assert other_sale.status_code == 200 and other_sale.json()["ErrorCode"] == 9022
+    assert [a.payload["permitNo"] for a in emulator.accepted] == ["L4-1138", "L4-1139"]
+    with pytest.raises(ValueError, match="dedupe"):
+        ControllerEmulator(dedupe="plate")
+
+
 # --------------------------------------------------------------------------- routing
 
 
@@ -305,6 +323,27 @@ def test_chunked_body_is_read(emulator: ControllerEmulator, client: httpx.Client
 
     assert response.request.headers["transfer-encoding"] == "chunked"
     assert response.json()["status"] == "success"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_client_gone_mid_body_is_no_request(emulator: ControllerEmulator, chunked: bool) -> None:
+    """An agent killed between writing the headers and the body (httpx writes them apart):
+    a real server sees a request cut short, never a payload it refuses (nor one it stores)."""
+    raw = json.dumps(VENDOR_EXAMPLE).encode()
+    host, port = emulator.url.split("//")[1].split("/")[0].split(":")
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % len(raw)
+    start = b"%x\r\n" % len(raw) if chunked else b""
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"POST " + PUSH_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n")
+        sock.sendall(b"Content-Type: application/json\r\n" + framing + b"\r\n\r\n")
+        sock.sendall(start + raw[: len(raw) // 2])
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(1024) == b"", "an answer to half a request"
+
+    assert emulator.counts()["invalid"] == 0, emulator.refusals
+    assert emulator.counts()["accepted"] == 0
+    with new_client() as http:  # and the emulator still serves the next one
+        assert push(http, emulator, VENDOR_EXAMPLE).json()["status"] == "success"
 
 
 def test_verbose_logs_one_line_per_request_without_the_token(
@@ -439,6 +478,78 @@ def test_bad_fault_is_refused(emulator: ControllerEmulator, kind: str, options: 
         emulator.set_fault(kind, **options)
 
 
+def test_capacity_in_flight_answers_503_with_retry_after_beyond_the_limit(
+    emulator: ControllerEmulator,
+) -> None:
+    emulator.set_capacity(2, retry_after="3", service_time=0.3)
+    barrier = threading.Barrier(5)
+
+    def send(n: int) -> httpx.Response:
+        with new_client() as http:
+            barrier.wait()
+            return push(http, emulator, payload(permitNo=f"C-{n}"))
+
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(send, range(5)))
+
+    refused = [a for a in answers if a.status_code == 503]
+    assert sorted(a.status_code for a in answers) == [200, 200, 503, 503, 503]
+    assert all(a.headers["retry-after"] == "3" for a in refused)
+    assert emulator.peak_in_flight == 2
+    assert emulator.counts()["overloaded"] == 3 and len(emulator.accepted) == 2
+    emulator.set_capacity()  # no limit again
+    with new_client() as http:
+        assert push(http, emulator, payload(permitNo="C-9")).status_code == 200
+
+
+def test_capacity_queues_so_many_in_order_before_it_refuses(
+    emulator: ControllerEmulator,
+) -> None:
+    """As IIS's application pool or a gunicorn backlog: two handled, two waiting their turn
+    (answered later, not refused), the fifth refused at once."""
+    emulator.set_capacity(2, queue=2, service_time=0.3)
+    barrier = threading.Barrier(5)
+
+    def send(n: int) -> tuple[int, float]:
+        with new_client() as http:
+            barrier.wait()
+            started = time.monotonic()
+            answer = push(http, emulator, payload(permitNo=f"Q-{n}"))
+            return answer.status_code, time.monotonic() - started
+
+    with ThreadPoolExecutor(5) as pool:
+        answers = sorted(pool.map(send, range(5)), key=lambda a: a[1])
+
+    assert [code for code, _ in answers] == [503, 200, 200, 200, 200]
+    assert answers[0][1] < 0.3, "the one beyond the queue waited"
+    assert answers[-1][1] >= 0.6 - 0.05, "the queued ones did not wait their turn"
+    capacity = emulator.state()["capacity"]
+    assert capacity["peak_in_flight"] == 2 and capacity["peak_waiting"] == 2
+    assert capacity["waiting"] == 0 and len(emulator.accepted) == 4
+
+
+def test_capacity_per_second(emulator: ControllerEmulator, client: httpx.Client) -> None:
+    emulator.set_capacity(per_second=3)
+    codes = [push(client, emulator, payload(permitNo=f"R-{n}")).status_code for n in range(5)]
+    assert codes == [200, 200, 200, 503, 503]
+    assert emulator.state()["capacity"]["refused"] == 2
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_in_flight": 0},
+        {"per_second": 0},
+        {"service_time": -1},
+        {"max_in_flight": True},
+        {"queue": -1},
+    ],
+)
+def test_bad_capacity_is_refused(emulator: ControllerEmulator, options: Any) -> None:
+    with pytest.raises(ValueError, match="capacity"):
+        emulator.set_capacity(**options)
+
+
 # --------------------------------------------------------------------------- down and up
 
 
@@ -502,6 +613,28 @@ def test_control_api(emulator: ControllerEmulator, client: httpx.Client) -> None
     )
     assert client.get(base + "/_emulator/nothing").status_code == 404
     assert push(client, emulator, payload(permitNo="after")).status_code == 200
+
+
+def test_control_api_counts_permits_and_capacity(
+    emulator: ControllerEmulator, client: httpx.Client
+) -> None:
+    base = emulator.url.removesuffix(PUSH_PATH)
+    ref = push(client, emulator, VENDOR_EXAMPLE).json()["reference_id"]
+
+    counts = client.get(base + "/_emulator/counts").json()
+    assert counts["counts"]["accepted"] == 1 and "accepted" not in counts
+    [found] = client.get(base + "/_emulator/permits/L4-1138").json()
+    assert found["reference_id"] == ref and "apiToken" not in found["payload"]
+    assert client.get(base + "/_emulator/permits/L4-9999").status_code == 404
+
+    limits = {"max_in_flight": 3, "retry_after": None, "service_time": 0.01}
+    capacity = client.post(base + "/_emulator/capacity", json=limits)
+    assert capacity.status_code == 200 and capacity.json()["max_in_flight"] == 3
+    assert client.get(base + "/_emulator/capacity").json()["retry_after"] is None
+    bad = client.post(base + "/_emulator/capacity", json={"max_in_flight": 0})
+    assert bad.status_code == 400 and "max_in_flight" in bad.json()["Message"]
+    assert client.post(base + "/_emulator/capacity", json={"nope": 1}).status_code == 400
+    assert client.post(base + "/_emulator/capacity", json=[1]).status_code == 400
 
 
 # --------------------------------------------------------------------------- foreground

@@ -88,7 +88,11 @@ def test_dead_requeue_after_fixing_the_mapping_delivers(
     try:
         eventually(lambda: journal_states(journal).get("rejected", 0) == 5, what="rejected")
         listing = cli("dead", "list", "--config", str(config))
-        assert listing.stdout.count("rejected") == 5
+        rows = listing.stdout.splitlines()[1:-1]  # between the header and the legend
+        assert [row.split()[1] for row in rows] == ["rejected"] * 5
+        assert listing.stdout.splitlines()[-1] == (
+            "dead: refused by the controller; rejected: invalid at the source"
+        )
         assert "ZONE: zone code '7' has no mapping" in listing.stdout
         shown = cli("dead", "show", "1", "--config", str(config))
         assert "raw bytes" in shown.stdout and "TXN=" in shown.stdout

@@ -3,6 +3,7 @@ controller answer ends in the right journal state (push-api.md, "Decisions")."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import shutil
 import ssl
@@ -19,13 +20,11 @@ import pytest
 
 from agent.config import Secret
 from agent.emulator import ControllerEmulator
-from agent.forwarder import Forwarder
+from agent.errors import SendError
+from agent.forwarder import Forwarder, HttpSender, Outcome, RetryPolicy, classify_failure
 from agent.intake import Intake
 from agent.journal import Journal, State
 from agent.mapping import MappingRules
-from agent.outcome import Outcome, classify_failure
-from agent.retry import RetryPolicy
-from agent.transport import HttpSender
 from drivers.base import HardwareRecord, Receipt
 from drivers.records import format_kv
 from tests.conftest import TOKEN, eventually
@@ -42,6 +41,7 @@ class Pipeline:
         *,
         concurrency: int = 2,
         timeout_s: float = 5.0,
+        policy: RetryPolicy = FAST,
     ) -> None:
         self.journal = journal
         self.emulator = emulator
@@ -52,7 +52,7 @@ class Pipeline:
             journal,
             self.sender,
             concurrency=concurrency,
-            policy=FAST,
+            policy=policy,
             secret_text=lambda: self.token.reveal(),
         )
         self.seq = 0
@@ -163,15 +163,21 @@ def test_5xx_is_retried_until_delivered(pipe: Pipeline) -> None:
     assert pipe.emulator.counts()["fault"] == 3
 
 
-def test_429_honours_retry_after(pipe: Pipeline) -> None:
-    pipe.emulator.set_fault("throttle", count=1, retry_after="1")
-    pipe.forwarder.start()
-    started = time.monotonic()
-    rid = pipe.sale()
-    eventually(lambda: pipe.state_of(rid) is State.SENT, what="sent")
-    # Without Retry-After the fast policy would retry within 50 ms.
-    assert time.monotonic() - started >= 0.9
-    assert pipe.emulator.counts()["total"] == 2
+def test_429_honours_retry_after(journal: Journal, emulator: ControllerEmulator) -> None:
+    # Retry-After is honoured up to backoff_max_s (here 5 s; tests/test_forwarder_answers.py
+    # has the cap itself)
+    p = Pipeline(journal, emulator, policy=dataclasses.replace(FAST, max_s=5.0))
+    emulator.set_fault("throttle", count=1, retry_after="1")
+    p.forwarder.start()
+    try:
+        started = time.monotonic()
+        rid = p.sale()
+        eventually(lambda: p.state_of(rid) is State.SENT, what="sent")
+        # Without Retry-After the fast policy would retry within 50 ms.
+        assert time.monotonic() - started >= 0.9
+        assert emulator.counts()["total"] == 2
+    finally:
+        p.forwarder.stop()
 
 
 def test_connection_refused_is_retried_and_drains_when_back(pipe: Pipeline) -> None:
@@ -351,11 +357,21 @@ def test_a_controller_whose_certificate_is_not_trusted_is_never_sent_a_sale(
     threading.Thread(target=server.serve_forever, daemon=True).start()
     sender = HttpSender(f"https://127.0.0.1:{server.server_address[1]}/push", lambda: Secret(TOKEN))
     try:
-        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED") as caught:
+        with pytest.raises(SendError, match="CERTIFICATE_VERIFY_FAILED") as caught:
             sender.post({"permitNo": "T1"})
     finally:
         sender.close()
         server.shutdown()
         server.server_close()
     assert requests == []
+    assert isinstance(caught.value.__cause__, httpx.ConnectError)
     assert classify_failure(caught.value).outcome is Outcome.TRANSIENT
+
+
+def test_waits_after_hours_of_journal_failures_stay_capped(pipe: Pipeline) -> None:
+    """A journal failing for hours (about 1 000 tries in a row at the 30 s cap): the next
+    wait is still the cap, not an overflow taken for a bug of the agent's own."""
+    pipe.forwarder._carried.journal_errors = 1_100
+    pipe.forwarder._stop.set()  # the wait itself returns at once
+    pipe.forwarder._journal_pause()
+    assert pipe.forwarder._carried.journal_errors == 1_101

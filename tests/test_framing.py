@@ -21,6 +21,7 @@ from drivers.framing import (
     LineFramer,
     StxEtxFramer,
     compute_checksum,
+    matching_checksums,
 )
 
 REFERENCE = (
@@ -204,3 +205,53 @@ def test_a_terminator_split_across_reads_is_found() -> None:
     framer = LineFramer(b"\r\n", max_frame=4)
     assert framer.feed(b"ABCD\r") == []
     assert framer.feed(b"\nEF\r\n") == [Frame(b"ABCD", 0), Frame(b"EF", 6)]
+
+
+@pytest.mark.parametrize("kind", ["xor", "sum"])
+@pytest.mark.parametrize("includes_etx", [True, False])
+def test_a_frame_failing_its_checksum_names_the_setting_the_meter_uses(
+    kind: Checksum, includes_etx: bool
+) -> None:
+    frame = StxEtxFramer(kind, checksum_includes_etx=includes_etx).encode(REFERENCE)
+    assert (kind, includes_etx) in matching_checksums(frame)
+    no_checksum = StxEtxFramer("none").encode(REFERENCE) + bytes([STX])  # the next frame's
+    assert matching_checksums(no_checksum) == [("none", True)]
+    assert matching_checksums(b"\x02broken") == []
+
+
+def test_bad_frames_are_summarised_at_most_once_per_interval() -> None:
+    """A thousand bad frames a second make one log line per interval, not a thousand; the
+    first after a quiet spell is logged at once."""
+    import logging
+
+    from drivers.faults import FaultSummary
+
+    lines: list[str] = []
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    log = logging.getLogger("test.faults")
+    log.addHandler(Lines())
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    now = [0.0]
+    faults = FaultSummary(
+        "meter-1", log, checksum="xor", checksum_includes_etx=True, every_s=10, clock=lambda: now[0]
+    )
+    wrong = StxEtxFramer("sum").encode(REFERENCE)
+    event = StxEtxFramer().feed(wrong)[0]
+    assert isinstance(event, BadFrame)
+    for n in range(1, 30_001):  # 30 s at 1 000 bad frames a second
+        now[0] = n / 1000
+        faults.add(event)
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("bad frame on meter-1 at byte 0")
+    assert lines[1].startswith("10000 frames failed their checksum in the last 10 s on meter-1")
+    assert lines[1].endswith('a meter sending SUM checksums would match checksum = "sum"')
+    now[0] += 60
+    faults.tick()  # the rest, once due, while the line is quiet
+    assert len(lines) == 4 and lines[-1].startswith("9999 frames failed their checksum")
+    faults.add(event)  # after a quiet minute: at once, in detail
+    assert len(lines) == 5 and lines[-1].startswith("bad frame on meter-1")

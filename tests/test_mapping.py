@@ -259,7 +259,7 @@ def test_ends_at_is_the_end_instant() -> None:
 # --- required fields and bad sessions --------------------------------------------------------
 
 
-@pytest.mark.parametrize("field", ["TXN", "PLATE", "START"])
+@pytest.mark.parametrize("field", ["PLATE", "START"])
 @pytest.mark.parametrize("absent", [None, "", "   "], ids=["missing", "empty", "blank"])
 def test_required_field_missing(field: str, absent: str | None) -> None:
     error = mapping_error(minimal(**{field: absent}))
@@ -367,7 +367,8 @@ def test_raw_zone_code_of_200_sent_and_201_rejected() -> None:
 def test_fifty_character_fields(field: str, key: str) -> None:
     assert payload_of(minimal(**{field: "P" * 50}))[key] == "P" * 50
     error = mapping_error(minimal(**{field: "P" * 51}))
-    assert (error.field, str(error)) == (field, f"{field}: 51 characters is over the limit of 50")
+    assert error.field == field
+    assert "51 characters" in str(error) and "over the limit of 50" in str(error)
 
 
 def test_permit_number_of_50_is_sent() -> None:
@@ -647,7 +648,7 @@ def test_any_text_record_maps_or_raises_mapping_error(
     fields = {k: v for k, v in {**minimal(ZONE="4"), **changes}.items() if k not in dropped}
     rules = MappingRules(zone, "CAD", {"4": "Lot 4"}, unmapped, keep)  # type: ignore[arg-type]
     try:
-        mapped = map_record(fields, rules)
+        mapped = map_record(fields, rules, source="meter-1", record_id=1)
     except MappingError as exc:
         assert exc.field in FIELD_NAMES
         return

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.errors import MappingError
+from agent.errors import MappingError, RecordFormatError
 from agent.mapping import MappingRules, map_record
-from drivers.records import RecordFormatError, format_kv, parse_json, parse_kv
-from drivers.simulated import SimulatedDriver, SimulatedMeter, SimulatedOptions
+from drivers.records import format_kv, parse_json, parse_kv
+from drivers.simulated import SalesGenerator, SimulatedDriver, SimulatedOptions
 
 # contract.md §4, verbatim.
 CONTRACT_LINE = (
@@ -271,8 +271,8 @@ def _without_batch(sales: list[dict[str, str]], batch: str) -> list[dict[str, st
 
 
 def test_same_seed_gives_the_same_sales_apart_from_the_batch_prefix() -> None:
-    a = SimulatedMeter(seed=1138, zones=("4", "5"), invalid_rate=0.2)
-    b = SimulatedMeter(seed=1138, zones=("4", "5"), invalid_rate=0.2)
+    a = SalesGenerator(seed=1138, zones=("4", "5"), invalid_rate=0.2)
+    b = SalesGenerator(seed=1138, zones=("4", "5"), invalid_rate=0.2)
     sales_a = [a.next_sale(t) for t in DST_DAYS[:150]]
     sales_b = [b.next_sale(t) for t in DST_DAYS[:150]]
     assert re.fullmatch(r"[0-9A-Z]{6}", a.batch)
@@ -281,8 +281,8 @@ def test_same_seed_gives_the_same_sales_apart_from_the_batch_prefix() -> None:
 
 
 def test_another_seed_gives_other_sales() -> None:
-    a = SimulatedMeter(seed=1, zones=("4", "5"), invalid_rate=0.0)
-    b = SimulatedMeter(seed=2, zones=("4", "5"), invalid_rate=0.0)
+    a = SalesGenerator(seed=1, zones=("4", "5"), invalid_rate=0.0)
+    b = SalesGenerator(seed=2, zones=("4", "5"), invalid_rate=0.0)
     sales_a = _without_batch([a.next_sale(t) for t in DST_DAYS[:50]], a.batch)
     sales_b = _without_batch([b.next_sale(t) for t in DST_DAYS[:50]], b.batch)
     assert sales_a != sales_b
@@ -291,7 +291,7 @@ def test_another_seed_gives_other_sales() -> None:
 @pytest.mark.parametrize("seed", [0, 7, 1138])
 def test_every_valid_simulated_sale_maps_and_survives_the_wire(seed: int) -> None:
     zones = ("1", "2", "3", "4")
-    meter = SimulatedMeter(seed=seed, zones=zones, invalid_rate=0.0)
+    meter = SalesGenerator(seed=seed, zones=zones, invalid_rate=0.0)
     # unmapped="reject": a sale outside the zone map would fail loudly, not be held.
     rules = MappingRules(TORONTO, "CAD", {z: f"Lot {z}" for z in zones}, unmapped="reject")
     seen_zones = set()
@@ -307,7 +307,7 @@ def test_every_valid_simulated_sale_maps_and_survives_the_wire(seed: int) -> Non
 
 
 def test_simulated_invalid_rate_one_spoils_every_sale() -> None:
-    meter = SimulatedMeter(seed=5, zones=("4",), invalid_rate=1.0)
+    meter = SalesGenerator(seed=5, zones=("4",), invalid_rate=1.0)
     rules = MappingRules(TORONTO, "CAD", {"4": "Lot 4"})
     faults = set()
     for now in DST_DAYS[:60]:

@@ -9,6 +9,7 @@ subprocesses, joined by a null-modem made of two ptys and a relay thread.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import select
@@ -17,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import tty
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -29,11 +31,12 @@ import pytest
 from agent.emulator import ControllerEmulator
 from agent.errors import ConfigErrors
 from agent.intake import Intake
-from agent.journal import Journal
+from agent.journal import Journal, State
 from agent.mapping import MappingRules
+from drivers import serial_port
 from drivers.base import DriverContext, HardwareRecord, Receipt
-from drivers.framing import ACK, NAK, STX, StxEtxFramer
-from drivers.records import format_kv
+from drivers.framing import ACK, NAK, STX, Frame, StxEtxFramer
+from drivers.records import format_kv, parse_kv
 from drivers.serial_port import SerialDriver
 from tests.conftest import ROOT, agent_env, cli, eventually, write_config
 
@@ -300,6 +303,93 @@ def test_an_unreadable_record_is_kept_as_rejected_and_acked(pty: Pty, journal: J
     assert driver.health.frames["unparseable"] == 1
 
 
+def test_a_record_that_is_not_text_is_kept_when_the_meter_resends_it(
+    pty: Pty, journal: Journal
+) -> None:
+    """A frame whose payload is not UTF-8 is taken for lucky noise and NAKed once; the meter
+    resending the very same frame shows it is the meter's (a Latin-1 plate, say): it is kept
+    as rejected with its raw bytes and ACKed, so the meter is not stuck on it forever."""
+    latin1 = "TXN=L-1|PLATE=ÉTÉ123|ZONE=4|START=2026-11-28T10:00:00|MIN=30".encode("latin-1")
+    with running_driver(pty.path, Intake(journal, "PS-TEST", rules())):
+        pty.write(FRAMER.encode(latin1))
+        assert pty.answer() == NAK
+        pty.write(FRAMER.encode(latin1))
+        assert pty.answer() == ACK
+        pty.write(FRAMER.encode(sale("L-2")))
+        assert pty.answer() == ACK
+    rows = journal_rows(journal.path)
+    assert [state for _, state, _ in rows] == ["rejected", "pending"]
+    assert rows[0][2] == latin1
+
+
+def driver_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the driver logged, but the port's own open and close lines."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "drivers.meter-1"
+        and r.levelno >= logging.INFO
+        and "open (" not in r.getMessage()
+    ]
+
+
+def test_random_noise_is_summarised_in_the_log_and_makes_no_records(
+    pty: Pty, journal: Journal, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2 MB of random bytes on the line, STX, ETX and lucky checksums included (about 4 000
+    frame starts and, before, 8 garbage "records" per MB): a summary line per interval,
+    not a line per bad frame, and no rejected records made of noise."""
+    monkeypatch.setattr(serial_port, "FAULT_SUMMARY_EVERY_S", 1.0, raising=False)
+    caplog.set_level(logging.INFO)
+    noise = random.Random(11).randbytes(2 * 2**20)
+    answers: list[int] = []
+    with running_driver(pty.path, Intake(journal, "PS-TEST", rules())) as driver:
+        started = time.monotonic()
+        writer = threading.Thread(
+            target=lambda: [pty.write(noise[i : i + 4096]) for i in range(0, len(noise), 4096)]
+        )
+        writer.start()
+        while writer.is_alive():
+            answers += pty.drain(0.05)
+        answers += pty.drain(0.5)
+        writer.join()
+        elapsed = time.monotonic() - started
+        # a summary is due a second after the line before it: the noise may end sooner
+        eventually(
+            lambda: any(" in the last " in line for line in driver_lines(caplog)),
+            what="a summary of the bad frames",
+        )
+    frames = driver.health.frames
+    bad = frames["bad_checksum"] + frames["broken"] + frames["noise"]
+    assert bad > 3_000 and answers.count(NAK) == bad
+    lines = driver_lines(caplog)
+    assert len(lines) <= 3 + 2 * elapsed, f"{len(lines)} log lines in {elapsed:.1f} s"
+    summaries = [line for line in lines if " in the last " in line]
+    assert summaries and all("frames failed their checksum" in line for line in summaries)
+    assert journal.counts()[State.REJECTED] <= 1, "noise made rejected records"
+
+
+def test_a_wrong_checksum_setting_is_named_in_a_summary_line(
+    pty: Pty, journal: Journal, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The meter sums its checksums, the config says XOR: every frame is NAKed, and the log
+    says, in a line or two rather than one per frame, which setting would match."""
+    monkeypatch.setattr(serial_port, "FAULT_SUMMARY_EVERY_S", 0.5, raising=False)
+    caplog.set_level(logging.INFO)
+    meter = StxEtxFramer("sum")
+    with running_driver(pty.path, Intake(journal, "PS-TEST", rules())):
+        for n in range(60):
+            pty.write(meter.encode(sale(f"W-{n}")))
+            assert pty.answer() == NAK
+        eventually(
+            lambda: any('would match checksum = "sum"' in line for line in driver_lines(caplog)),
+            what="a line naming the matching checksum setting",
+        )
+    lines = driver_lines(caplog)
+    assert len(lines) < 20, lines
+    assert "a meter sending SUM checksums would match" in lines[-1], lines
+
+
 def test_json_records_with_renamed_keys_and_a_sum_checksum(pty: Pty, journal: Journal) -> None:
     doc = {"TXN": "D-1", "PLATENO": "AB 123", "ZONE": 4, "START": "2030-07-02T05:00:00"}
     doc["MIN"] = 30
@@ -401,6 +491,14 @@ def lines_of(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
+def receipts(emulator: ControllerEmulator, meter: str = "meter-1") -> list[str]:
+    """The receipt numbers the controller got from one meter: its permit numbers, of the
+    default form PS-TEST-<driver>-<TXN>, less station and meter."""
+    prefix = f"PS-TEST-{meter}-"
+    permits = [a.payload["permitNo"] for a in emulator.accepted]
+    return [p.removeprefix(prefix) for p in permits if p.startswith(prefix)]
+
+
 def test_simulate_every_acked_sale_reaches_the_controller_once(
     tmp_path: Path, emulator: ControllerEmulator, null_modem: tuple[Pty, Pty]
 ) -> None:
@@ -426,8 +524,7 @@ def test_simulate_every_acked_sale_reaches_the_controller_once(
         if meter is not None:
             stop(meter)
     assert agent.returncode == 0
-    delivered = [a.payload["permitNo"] for a in emulator.accepted]
-    assert sorted(delivered) == sorted(lines_of(acked))  # all 50, each once
+    assert sorted(receipts(emulator)) == sorted(lines_of(acked))  # all 50, each once
 
 
 def test_kill_9_while_the_meter_sends_loses_no_acked_sale(
@@ -457,7 +554,7 @@ def test_kill_9_while_the_meter_sends_loses_no_acked_sale(
         assert meter.returncode == 0, err
         assert out.startswith("acked=60 ")
         eventually(
-            lambda: set(lines_of(acked)) <= {a.payload["permitNo"] for a in emulator.accepted},
+            lambda: set(lines_of(acked)) <= set(receipts(emulator)),
             timeout=30,
             what="every acknowledged sale delivered",
         )
@@ -497,7 +594,7 @@ def test_the_port_vanishing_and_returning(tmp_path: Path, emulator: ControllerEm
         first.close()
     text = log.read_text()
     assert text.count(f"port {link} lost:") == 1, text  # one warning per outage, not per retry
-    assert {a.payload["permitNo"] for a in emulator.accepted} == {"F-1", "F-2"}
+    assert set(receipts(emulator)) == {"F-1", "F-2"}
 
 
 def repoint(link: Path, target: Pty | Path) -> None:
@@ -541,5 +638,75 @@ def test_two_meters_on_two_ports_at_once(tmp_path: Path, emulator: ControllerEmu
     sources = {r[0] for r in db.execute("SELECT DISTINCT source FROM records")}
     db.close()
     assert sources == {"meter-1", "meter-2"}
-    acked = lines_of(tmp_path / "acked-0.txt") + lines_of(tmp_path / "acked-1.txt")
+    acked = [
+        f"PS-TEST-meter-{i + 1}-{txn}"
+        for i in (0, 1)
+        for txn in lines_of(tmp_path / f"acked-{i}.txt")
+    ]
     assert sorted(a.payload["permitNo"] for a in emulator.accepted) == sorted(acked)
+
+
+def test_records_rejected_for_a_missing_rename_are_read_again_by_requeue(
+    tmp_path: Path, emulator: ControllerEmulator, pty: Pty
+) -> None:
+    """Onboarding a model that names its fields differently: what it sold before the
+    ``renames`` were right is rejected, and once they are, ``dead requeue`` reads the raw
+    bytes again, so those sales are delivered instead of stranded."""
+    config = write_config(tmp_path, emulator.url, drivers=serial_driver(pty.path))
+    log, journal = tmp_path / "agent.log", tmp_path / "journal.sqlite3"
+    agent = run_agent(config, log)
+    try:
+        eventually(lambda: "open (9600 8N1" in log.read_text(), what="port open")
+        renamed_plate = sale("R-1").replace(b"PLATE=", b"PLATENO=")
+        receipt_number = sale("R-2").replace(b"TXN=", b"RECEIPT=").replace(b"PLATE=", b"PLATENO=")
+        for frame in (renamed_plate, receipt_number):
+            pty.write(FRAMER.encode(frame))
+            assert pty.answer() == ACK
+        eventually(lambda: len(journal_rows(journal)) == 2, what="both journaled")
+        assert [(txn, state) for txn, state, _ in journal_rows(journal)] == [
+            ("R-1", "rejected"),
+            (None, "rejected"),
+        ]
+
+        config.write_text(
+            config.read_text().replace(
+                'name = "meter-1"',
+                'name = "meter-1"\nrenames = { PLATENO = "PLATE", RECEIPT = "TXN" }',
+            )
+        )
+        requeued = cli("dead", "requeue", "--all", "--config", str(config))
+        assert requeued.returncode == 0, requeued.stderr
+        assert requeued.stdout.splitlines() == [
+            "requeued 2: 2 to send, 0 held (zone not mapped), 0 still invalid",
+            "the running service was told to reload (SIGHUP)",
+        ]
+        assert emulator.wait_for(2, timeout=30), log.read_text()
+    finally:
+        stop(agent)
+    assert [(txn, state) for txn, state, _ in journal_rows(journal)] == [
+        ("R-1", "sent"),
+        ("R-2", "sent"),
+    ]
+    assert sorted(receipts(emulator)) == ["R-1", "R-2"]
+    assert {a.payload["LicencePlate"] for a in emulator.accepted} == {"PL8RDR"}
+
+
+def test_simulate_sells_in_the_zones_it_is_given(tmp_path: Path, pty: Pty) -> None:
+    meter = simulate(pty.path, tmp_path / "acked.txt", "--count", "3", "--zones", "7, 12")
+    framer, zones = StxEtxFramer(), []
+    try:
+        while len(zones) < 3:
+            ready = select.select([pty.master], [], [], 10)[0]
+            assert ready, "no frame from simulate"
+            for event in framer.feed(os.read(pty.master, 4096)):
+                assert isinstance(event, Frame)
+                zones.append(parse_kv(event.payload)["ZONE"])
+                pty.write(bytes([ACK]))
+        out, err = meter.communicate(timeout=20)
+    finally:
+        stop(meter)
+    assert meter.returncode == 0, err
+    assert set(zones) <= {"7", "12"} and out.startswith("acked=3 ")
+    bad = cli("simulate", "--port", pty.path, "--zones", "7,,12")
+    assert bad.returncode == 2
+    assert "--zones: expected zone codes separated by commas, got '7,,12'" in bad.stderr

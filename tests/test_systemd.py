@@ -48,3 +48,25 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
         [str(ANALYZE), "verify", str(unit)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_sd_notify_never_blocks_when_systemd_does_not_read(tmp_path: Path) -> None:
+    """systemd busy or hung: its socket's queue fills up. A send must drop the message, not
+    stop the service's main loop."""
+    import socket
+    import threading
+
+    from agent.service.notify import Notifier
+
+    address = str(tmp_path / "notify.sock")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(address)  # never read
+    notifier = Notifier({"NOTIFY_SOCKET": address})
+    sender = threading.Thread(target=lambda: [notifier.status("x" * 200) for _ in range(5_000)])
+    try:
+        sender.start()
+        sender.join(30)
+        assert not sender.is_alive(), "a sd_notify send blocked on a full socket"
+    finally:
+        receiver.close()  # lets a blocked sender go (ECONNREFUSED)
+        sender.join(30)

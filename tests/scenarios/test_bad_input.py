@@ -16,6 +16,7 @@ import pytest
 
 from agent.config import load_config
 from agent.errors import EXIT_CONFIG, ConfigErrors
+from tests.certs import make_ca
 from tests.conftest import ROOT, cli, write_config
 
 EXAMPLE = (ROOT / "config.example.toml").read_text()
@@ -28,6 +29,13 @@ def example_with_every_table(tmp_path: Path) -> str:
     token.write_text("EXAMPLE-TOKEN-1\n")
     token.chmod(0o600)
     text = EXAMPLE.replace("/etc/paystation-agent/api-token", str(token))
+    # the site network's files, as the site's IT would put them there
+    proxy_auth = tmp_path / "proxy-auth"
+    proxy_auth.write_text("agent:EXAMPLE-PROXY-PASSWORD\n")
+    proxy_auth.chmod(0o600)
+    text = text.replace("/etc/paystation-agent/proxy-auth", str(proxy_auth))
+    site_ca = make_ca("Example Site CA").write(tmp_path / "site-ca.pem")
+    text = text.replace("/etc/paystation-agent/site-ca.pem", str(site_ca))
     text = text.replace("/var/lib/paystation-agent/journal.sqlite3", str(tmp_path / "j.sqlite3"))
     text = text.replace("/var/lib/prometheus/node-exporter", str(tmp_path))
     lines = []

@@ -9,16 +9,26 @@ the agent goes on taking and delivering sales.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
 import sqlite3
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from agent.emulator import ControllerEmulator
-from tests.conftest import cli, eventually, simulated_driver, start_agent, write_config
+from tests.conftest import (
+    cli,
+    eventually,
+    simulated_driver,
+    start_agent,
+    stop_agent,
+    write_config,
+)
 from tests.scenarios.conftest import SEED, fill_journal, report
 from tests.test_serial import stop
 
@@ -102,3 +112,107 @@ def test_a_corrupt_journal_is_moved_aside_salvaged_and_loud(
         salvaged_rows=salvaged,
         undelivered_salvaged_and_sent=len(resent),
     )
+
+
+def test_sigkill_at_random_points_of_a_salvage_loses_and_duplicates_nothing(
+    tmp_path: Path, emulator: ControllerEmulator
+) -> None:
+    """A 20 000-row journal with a damaged index page and a damaged table page. The agent is
+    killed (SIGKILL) again and again while it salvages: at random moments after it starts,
+    and at random points of its progress. The start after the last kill finishes the
+    salvage: every readable row is in the new journal exactly once, with its state, the
+    damaged file is moved aside once, and status is loud about it."""
+    import shutil
+    import signal
+
+    from tests.test_recovery import (
+        build_journal,
+        expected_rows,
+        journal_rows,
+        pages_of,
+        rowids_on,
+        ruin,
+    )
+
+    rnd = random.Random(SEED)
+    journal = tmp_path / "journal.sqlite3"
+    pristine = tmp_path / "pristine.sqlite3"
+    build_journal(pristine)
+    shutil.copyfile(pristine, journal)
+    table = pages_of(journal, "records", "leaf")
+    damaged = [table[rnd.randrange(len(table))]]
+    lost = rowids_on(journal, damaged[0])
+    damaged.append(rnd.choice(pages_of(journal, "records_unsent", "leaf")))
+    ruin(journal, damaged)
+    expected = expected_rows(pristine, lost)
+
+    config = write_config(tmp_path, emulator.url)
+    emulator.go_down()  # the salvaged backlog stays in the journal for the comparison
+    log = tmp_path / "agent.log"
+    marker = tmp_path / "journal.sqlite3.salvage"
+    kills = mid_salvage = 0
+    stops: list[float] = []
+    targets = sorted(rnd.uniform(5, 95) for _ in range(6))
+    # early kills while it starts and opens the journal (a salvage of 20 000 rows may take
+    # under a second on a fast machine), then kills at points of the salvage's own progress
+    schedule: list[tuple[str, float]] = [("after", rnd.uniform(0.05, 0.4)) for _ in range(3)]
+    schedule += [("progress", t) for t in targets]
+    for n, (how, at) in enumerate(schedule):
+        offset = log.stat().st_size if log.exists() else 0
+        agent = start_agent(config, log)
+        point = functools.partial(kill_point, log, offset, agent, time.monotonic(), how, at)
+        eventually(point, timeout=60, what=f"the kill point {how} {at:.2f}")
+        if "running" in log.read_text()[offset:]:
+            stop(agent)  # past the salvage: a kill now would only add unknown outcomes
+            break
+        time.sleep(rnd.uniform(0, 0.05))
+        if n == 5:  # once, a clean stop (SIGTERM) in the middle of the salvage
+            started = time.monotonic()
+            assert stop_agent(agent) == 0
+            stops.append(time.monotonic() - started)
+        else:
+            agent.send_signal(signal.SIGKILL)
+            agent.wait()
+            kills += 1
+        mid_salvage += marker.exists()
+    agent = start_agent(config, log)
+    try:
+        eventually(lambda: "running" in log.read_text(), timeout=120, what="the agent running")
+        status = cli("status", "--config", str(config)).stdout
+    finally:
+        stop(agent)
+    rows = journal_rows(journal)
+    aside = [p for p in tmp_path.glob("journal.sqlite3.corrupt-*") if "-" not in p.name[-4:]]
+    report(
+        "salvage-kills",
+        rows=len(expected) + len(lost),
+        readable=len(expected),
+        recovered=len(rows),
+        kills=kills,
+        kills_mid_salvage=mid_salvage,
+        sigterm_mid_salvage_s=[round(s, 2) for s in stops],
+    )
+    assert rows == expected, f"{len(rows)} rows in the journal, {len(expected)} readable"
+    assert mid_salvage >= 3, f"only {mid_salvage} of {kills} kills landed during the salvage"
+    assert all(s <= 5.0 for s in stops), f"SIGTERM during the salvage took {stops} s"
+    assert len(aside) == 1 and not marker.exists()
+    assert status.startswith("JOURNAL") and "RECOVERED" in status.splitlines()[0], status
+
+
+def kill_point(
+    log: Path,
+    offset: int,
+    agent: subprocess.Popen[bytes],
+    started: float,
+    how: str,
+    at: float,
+) -> bool:
+    """``at`` seconds after the start ("after"), or the salvage ``at`` % done ("progress");
+    or the agent is past the salvage already."""
+    text = log.read_text()[offset:]
+    if "running" in text or agent.poll() is not None:
+        return True
+    if how == "after":
+        return time.monotonic() - started >= at
+    done = [int(p) for p in re.findall(r"salvage of \S+: (\d+)%", text)]
+    return bool(done) and done[-1] >= at

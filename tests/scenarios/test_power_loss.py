@@ -13,8 +13,7 @@ import sqlite3
 from pathlib import Path
 
 from agent.config import load_config
-from agent.journal import Journal
-from agent.recovery import open_journal
+from agent.journal import Journal, open_journal
 from agent.service import Service
 from tests.conftest import write_config
 from tests.scenarios.conftest import SEED, SOAK, report, submit_sale
