@@ -281,6 +281,12 @@ class Forwarder:
         if verdict.outcome in (Outcome.REJECTED, Outcome.CONFLICT):
             state = State.DEAD
         # a final answer: take this worker's next record in the same commit
+        # a dead letter's reason for status, in the same commit as the record's state
+        dead_meta: dict[str, str | None] | None = (
+            {"last_error": f"{utc_iso()} record {claim.id} dead: {verdict.reason}"}
+            if state is State.DEAD
+            else None
+        )
         self._carried.claim = self._record(
             claim.id,
             Attempt(
@@ -297,13 +303,13 @@ class Forwarder:
                 unknown=verdict.unknown,
             ),
             claim_next=state is not None and not self._stop.is_set(),
+            meta=dead_meta,
         )
         delivery.attempts += 1
         if verdict.outcome is Outcome.ALREADY_DELIVERED:
             log.info("record %d: controller already had it (%s)", claim.id, verdict.reason)
         elif state is State.DEAD:
             log.warning("record %d refused by the controller: %s", claim.id, verdict.reason)
-            self._set_meta({"last_error": f"{utc_iso()} record {claim.id} dead: {verdict.reason}"})
         elif verdict.outcome is Outcome.PAUSED:
             with self._cond:
                 self._paused_until = max(
@@ -342,7 +348,14 @@ class Forwarder:
         except Exception as exc:  # a bug in reading: never a tight loop, never a silent one
             return self._errors.verdict(delivery.claim.id, reply.status, exc), ""
 
-    def _record(self, record_id: int, attempt: Attempt, *, claim_next: bool) -> Claim | None:
+    def _record(
+        self,
+        record_id: int,
+        attempt: Attempt,
+        *,
+        claim_next: bool,
+        meta: dict[str, str | None] | None = None,
+    ) -> Claim | None:
         """Record a request's answer, however long the journal takes: once a request went
         out, what came back must not be forgotten (a resend would take the controller's
         9022 for another record's, and dead-letter a delivered sale). While the journal
@@ -351,7 +364,9 @@ class Forwarder:
         failures = 0
         while True:
             try:
-                return self.journal.record_attempt(record_id, attempt, claim_next=claim_next)
+                return self.journal.record_attempt(
+                    record_id, attempt, claim_next=claim_next, meta=meta
+                )
             except JournalError as exc:
                 if self._stop.is_set():
                     log.warning(

@@ -42,6 +42,7 @@ from agent.journal.records import (
 )
 from agent.journal.schema import UNSENT
 from agent.journal.space import Space
+from agent.journal.store import put_meta
 
 log = logging.getLogger("agent.journal")
 
@@ -191,7 +192,12 @@ class Outbox(Space):
         return claims
 
     def record_attempt(
-        self, record_id: int, attempt: Attempt, *, claim_next: bool = False
+        self,
+        record_id: int,
+        attempt: Attempt,
+        *,
+        claim_next: bool = False,
+        meta: Mapping[str, str | None] | None = None,
     ) -> Claim | None:
         """Record one send's result: the record becomes ``sent`` or ``dead``, or stays
         claimed (``attempt.state is None``) for its next retry. Failed attempts are kept in
@@ -199,24 +205,34 @@ class Outbox(Space):
         proof is the record's own reference_id.
 
         ``claim_next``: in the same transaction, claim the next pending record and return
-        it (one commit per record while draining a backlog, not two).
+        it (one commit per record while draining a backlog, not two). ``meta``: service
+        state ``status`` shows (a dead letter's last error), set in the same commit, so
+        ``status`` never sees the record dead without its reason.
 
         On a full journal the attempt's row is left out, and if even the record's own
         update does not fit, the oldest delivered records give way first: a delivery must
         be recorded, or the same sale would be sent again and again.
         """
         try:
-            return self._record_attempt(record_id, attempt, keep_row=True, claim_next=claim_next)
+            return self._record_attempt(
+                record_id, attempt, keep_row=True, claim_next=claim_next, meta=meta
+            )
         except JournalFullError:
             try:
-                return self._record_attempt(record_id, attempt, keep_row=False)
+                return self._record_attempt(record_id, attempt, keep_row=False, meta=meta)
             except JournalFullError:
                 freed = self.make_room(self._clock(), limit=50)
                 log.warning("journal full: %d delivered record(s) pruned early", freed)
-                return self._record_attempt(record_id, attempt, keep_row=False)
+                return self._record_attempt(record_id, attempt, keep_row=False, meta=meta)
 
     def _record_attempt(
-        self, record_id: int, attempt: Attempt, *, keep_row: bool, claim_next: bool = False
+        self,
+        record_id: int,
+        attempt: Attempt,
+        *,
+        keep_row: bool,
+        claim_next: bool = False,
+        meta: Mapping[str, str | None] | None = None,
     ) -> Claim | None:
         now = self._clock()
         state = attempt.state.value if attempt.state is not None else None
@@ -257,6 +273,8 @@ class Outbox(Space):
                        VALUES (?, ?, ?, ?, ?, ?)""",
                     (record_id, now, attempt.outcome, attempt.status, attempt.error, attempt.body),
                 )
+            if meta:
+                put_meta(db, meta)
             if claim_next:
                 claims = self._claim(db, 1)
                 return claims[0] if claims else None
