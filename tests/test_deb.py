@@ -491,7 +491,11 @@ def test_sigkill_restarts_and_loses_nothing(
     controller.emu.go_down()
     assert meter.send("K", 1, 10) == 10
     before = box.show("NRestarts", "MainPID")
-    box.run("systemctl", "kill", "-s", "KILL", NAME)
+    # the agent's process dies as in a crash. Only the main process is signalled: killing
+    # the whole cgroup at once fails now and then in systemd 252-255 ("Failed to send
+    # signal SIGKILL to auxiliary processes: Input/output error", seen here under load;
+    # containerd/nerdctl#3147 met it too)
+    box.run("systemctl", "kill", "--kill-whom=main", "-s", "KILL", NAME)
     until(lambda: box.show("NRestarts")["NRestarts"] == str(int(before["NRestarts"]) + 1),
                what="Restart=on-failure")  # fmt: skip
     until(lambda: box.show("ActiveState")["ActiveState"] == "active", what="active again")
