@@ -1,8 +1,5 @@
 """paystation-agent"""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("paystation-agent")
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
+# The one place the version is written (pyproject.toml reads it from here): reading it
+# back from the installed metadata cost every start importlib.metadata, ~40 ms.
+__version__ = "0.1.0"

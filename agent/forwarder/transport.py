@@ -66,7 +66,6 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
-import truststore
 
 from agent.config import ProxyAuth, Secret
 from agent.errors import SendError
@@ -173,10 +172,19 @@ def proxy_secrets(environ: Mapping[str, str]) -> list[str]:
 
 def trust_context(ca_file: Path | None = None) -> ssl.SSLContext:
     """Verification against the system trust store (and ``ca_file`` besides)."""
+    import truststore  # only where TLS is spoken: an http:// start skips it
+
     context = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if ca_file is not None:
         context.load_verify_locations(cafile=str(ca_file))
     return context
+
+
+def _trusting_nothing() -> ssl.SSLContext:
+    """For a sender that never makes a handshake (plain http, no https proxy): building
+    the trust store costs ~25 ms of every start. Should TLS ever happen through it, it
+    still verifies, against no certificate at all, so it refuses every peer."""
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 class HttpSender:
@@ -225,7 +233,7 @@ class HttpSender:
         )
         self._proxy = self._proxy_for(proxy_auth, environ)
         self._ca_file = ca_file
-        self._context = trust_context(ca_file)
+        self._context = trust_context(ca_file) if self._speaks_tls(ca_file) else _trusting_nothing()
         self._transport = httpx.HTTPTransport(
             verify=self._context,
             proxy=self._proxy,
@@ -235,6 +243,12 @@ class HttpSender:
         )
         self._issuer_lock = threading.Lock()
         self._issuer: tuple[float, str] | None = None
+
+    def _speaks_tls(self, ca_file: Path | None) -> bool:
+        """Whether any connection of this sender makes a TLS handshake: an https URL, an
+        https proxy, or a site CA someone configured (checked, so a wrong path fails)."""
+        proxy = self._proxy.url.scheme if self._proxy is not None else ""
+        return self.url.scheme == "https" or proxy == "https" or ca_file is not None
 
     def _proxy_for(self, auth: ProxyAuth | None, environ: Mapping[str, str]) -> httpx.Proxy | None:
         if self.route.proxy is None:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.config import Config, Secret, load_config, resolve_proxy_auth, resolve_token
@@ -32,7 +33,6 @@ from agent.intake import Intake
 from agent.journal import State, open_journal
 from agent.mapping import MappingRules
 from agent.service.logs import add_secret
-from agent.service.metrics import AgentMetrics
 from agent.service.notify import Notifier
 from agent.service.reload import RESTART_COMMAND, ReloadPlan, plan_reload
 from agent.service.runlock import RunLock
@@ -40,6 +40,9 @@ from agent.service.status_line import brief
 from agent.signals import Flag
 from drivers import create_driver
 from drivers.base import Driver, DriverContext
+
+if TYPE_CHECKING:
+    from agent.service.metrics import AgentMetrics
 
 log = logging.getLogger("agent.service")
 PRUNE_EVERY_S = 3600.0
@@ -126,21 +129,27 @@ class Service:
         self.drivers: list[Driver] = [
             create_driver(d.kind, d.name, d.options, self.intake, context) for d in config.drivers
         ]
-        self.metrics = AgentMetrics(
-            self.journal,
-            self.drivers,
-            lambda: self.forwarder.health.state,
-            lambda: dict(self.intake.clock_skew),
-            station_open=self._station_open,
-            send_window=lambda: self.forwarder.window.limit,
-        )
+        # metrics only when [metrics] asks for them (changing that needs a restart)
+        self.metrics: AgentMetrics | None = None
+        if config.metrics.listen is not None or config.metrics.textfile is not None:
+            from agent.service.metrics import AgentMetrics
+
+            self.metrics = AgentMetrics(
+                self.journal,
+                self.drivers,
+                lambda: self.forwarder.health.state,
+                lambda: dict(self.intake.clock_skew),
+                station_open=self._station_open,
+                send_window=lambda: self.forwarder.window.limit,
+            )
 
     def _station_open(self) -> bool:
         agent = self.config.agent  # the running config: a reload applies new hours at once
         return agent.opening_hours.is_open(datetime.now(agent.timezone).time())
 
     def _observe_request(self, outcome: str, seconds: float, cause: str = "") -> None:
-        self.metrics.observe_request(outcome, seconds, cause)
+        if self.metrics is not None:
+            self.metrics.observe_request(outcome, seconds, cause)
 
     def start(self) -> None:
         released = self.intake.remap((State.HELD,))
@@ -153,7 +162,7 @@ class Service:
             driver.start()
         self._prune()
         listen = self.config.metrics.listen
-        if listen is not None:
+        if listen is not None and self.metrics is not None:
             try:
                 self.metrics.serve(*listen)
             except OSError as exc:
@@ -220,6 +229,8 @@ class Service:
             return f"cannot read the journal: {exc}"
 
     def _write_metrics(self, path: Path) -> None:
+        if self.metrics is None:
+            return
         try:
             self.metrics.write_textfile(path)
         except (OSError, JournalError) as exc:
@@ -359,7 +370,8 @@ class Service:
         for driver in self.drivers:
             driver.stop()
         self.forwarder.stop(timeout=FORWARDER_STOP_S)
-        self.metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.journal.close()
         self._lock.release()
         for flag in (self.stopping, self._reload, self._wake):
