@@ -29,6 +29,8 @@ from agent.errors import JournalError
 from agent.journal import Journal
 from agent.service import signal_reload
 
+MAX_PENDING_AGE_S = 900.0  # status --max-pending-age: an older backlog is a problem
+
 
 def config_path(args: argparse.Namespace) -> Path:
     """The ``--config`` given, else the default (``$PAYSTATION_AGENT_CONFIG``, …)."""

@@ -4,8 +4,8 @@ Every command takes ``--config PATH`` before or after its own arguments (``demo`
 ``emulator``, which make their own, say that they do not read it). Exit codes: 0 success,
 1 the command failed, 2 usage, 3-8 ``status``'s health
 (:data:`agent.commands.status.PROBLEM_CODES`), 78 configuration error (systemd does not
-restart on it), 130 interrupted. Each command's
-handler lives in its own module of :mod:`agent.commands`; this one only says which
+restart on it), 130 interrupted. Each command's handler lives in its own module of
+:mod:`agent.commands`, imported only when that command runs; this one only says which
 arguments each takes and turns errors into messages and exit codes: one line, prefixed
 ``paystation-agent:``, never a traceback for a person's mistake.
 """
@@ -13,28 +13,15 @@ arguments each takes and turns errors into messages and exit codes: one line, pr
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 
 from agent import __version__
-from agent.commands import (
-    check_config,
-    dead,
-    demo,
-    emulator,
-    export,
-    journal,
-    ports,
-    run,
-    simulate,
-    status,
-    tap,
-    zones,
-)
-from agent.commands.common import config_path
+from agent.commands.common import MAX_PENDING_AGE_S, config_path
 from agent.errors import EXIT_CONFIG, AgentError, ConfigError
 from agent.journal import State
 from agent.service import logs
@@ -105,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run", parents=[common], help="the service: drivers → journal → controller"
     )
     command.add_argument("-v", "--verbose", action="store_true", help="log every request")
-    command.set_defaults(handler=run.cmd_run)
+    command.set_defaults(handler=_handler("run", "cmd_run"))
 
     command = sub.add_parser(
         "status", parents=[common], help="journal counts, backlog, last success and error"
@@ -117,12 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument(
         "--max-pending-age",
         type=float,
-        default=status.MAX_PENDING_AGE_S,
+        default=MAX_PENDING_AGE_S,
         metavar="SECONDS",
         help="a pending record older than this is a problem: exit 7 "
-        f"(default {status.MAX_PENDING_AGE_S:g}, 15 min)",
+        f"(default {MAX_PENDING_AGE_S:g}, 15 min)",
     )
-    command.set_defaults(handler=status.cmd_status)
+    command.set_defaults(handler=_handler("status", "cmd_status"))
 
     command = sub.add_parser("journal", parents=[common], help="the journal file itself")
     jsub = command.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -130,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "acknowledge",
         parents=[common],
         help="a journal recovery has been looked into: status stops showing it",
-    ).set_defaults(handler=journal.cmd_acknowledge)
+    ).set_defaults(handler=_handler("journal", "cmd_acknowledge"))
 
     command = sub.add_parser(
         "check-config", parents=[common], help="validate the config and print it resolved"
@@ -141,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also check DNS, the connection, TLS, the token and the serial ports "
         "(exit 69 when one fails)",
     )
-    command.set_defaults(handler=check_config.cmd_check_config)
+    command.set_defaults(handler=_handler("check_config", "cmd_check_config"))
 
     command = sub.add_parser(
         "emulator", parents=[common], help="a local controller emulator with faults"
@@ -166,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(record), or the same permitNo alone (permit)",
     )
     command.add_argument("-v", "--verbose", action="store_true", help="log every request")
-    command.set_defaults(handler=emulator.cmd_emulator)
+    command.set_defaults(handler=_handler("emulator", "cmd_emulator"))
 
     command = sub.add_parser(
         "demo", parents=[common], help="emulator + simulated meter + agent, with an outage"
@@ -176,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command.add_argument("--rate", type=float, default=8.0, help="sales per second (default 8)")
     command.add_argument("--keep", type=Path, help="keep the demo's journal in this directory")
-    command.set_defaults(handler=demo.cmd_demo)
+    command.set_defaults(handler=_handler("demo", "cmd_demo"))
 
     command = sub.add_parser(
         "simulate",
@@ -228,14 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CODE,…",
         help="the hardware zone codes the meter sells in (default 1,2,3,4)",
     )
-    command.set_defaults(handler=simulate.cmd_simulate)
+    command.set_defaults(handler=_handler("simulate", "cmd_simulate"))
 
     command = sub.add_parser(
         "ports",
         parents=[common],
         help="this PC's serial ports: stable names, USB ids, who holds them open",
     )
-    command.set_defaults(handler=ports.cmd_ports)
+    command.set_defaults(handler=_handler("ports", "cmd_ports"))
 
     command = sub.add_parser(
         "tap",
@@ -257,27 +244,27 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument(
         "--count", type=int, default=0, help="stop after this many frames (default 0: until ^C)"
     )
-    command.set_defaults(handler=tap.cmd_tap)
+    command.set_defaults(handler=_handler("tap", "cmd_tap"))
 
     command = sub.add_parser(
         "zones", parents=[common], help="hardware zone code → OPSCOM zone name (default: list)"
     )
-    command.set_defaults(handler=zones.cmd_list)
+    command.set_defaults(handler=_handler("zones", "cmd_list"))
     zsub = command.add_subparsers(dest="action", metavar="ACTION")
     zsub.add_parser("list", parents=[common], help="the mappings").set_defaults(
-        handler=zones.cmd_list
+        handler=_handler("zones", "cmd_list")
     )
     zset = zsub.add_parser("set", parents=[common], help="map CODE to the OPSCOM zone NAME")
     zset.add_argument("code")
     zset.add_argument("name")
     zset.add_argument("--force", action="store_true", help="map even a name not in zones.known")
-    zset.set_defaults(handler=zones.cmd_set)
+    zset.set_defaults(handler=_handler("zones", "cmd_set"))
     zrm = zsub.add_parser("remove", parents=[common], help="remove the mapping of CODE")
     zrm.add_argument("code")
-    zrm.set_defaults(handler=zones.cmd_remove)
+    zrm.set_defaults(handler=_handler("zones", "cmd_remove"))
     zsub.add_parser(
         "unmapped", parents=[common], help="zone codes seen without a mapping, held records"
-    ).set_defaults(handler=zones.cmd_unmapped)
+    ).set_defaults(handler=_handler("zones", "cmd_unmapped"))
 
     command = sub.add_parser(
         "dead", parents=[common], help="records refused by the controller or invalid at the source"
@@ -285,17 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = command.add_subparsers(dest="action", metavar="ACTION", required=True)
     dlist = dsub.add_parser("list", parents=[common], help="dead and rejected records")
     dlist.add_argument("--state", choices=["dead", "rejected"], help="only this state")
-    dlist.set_defaults(handler=dead.cmd_list)
+    dlist.set_defaults(handler=_handler("dead", "cmd_list"))
     dshow = dsub.add_parser("show", parents=[common], help="one record: raw bytes, attempts")
     dshow.add_argument("id", type=int)
-    dshow.set_defaults(handler=dead.cmd_show)
+    dshow.set_defaults(handler=_handler("dead", "cmd_show"))
     dreq = dsub.add_parser(
         "requeue", parents=[common], help="re-map with the current config and send again"
     )
     target = dreq.add_mutually_exclusive_group(required=True)
     target.add_argument("ids", nargs="*", type=int, default=[], metavar="ID")
     target.add_argument("--all", action="store_true", help="every dead and rejected record")
-    dreq.set_defaults(handler=dead.cmd_requeue)
+    dreq.set_defaults(handler=_handler("dead", "cmd_requeue"))
 
     command = sub.add_parser(
         "export", parents=[common], help="the journal as CSV, for reconciliation"
@@ -321,8 +308,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="only these states (repeat)",
     )
     command.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
-    command.set_defaults(handler=export.cmd_export)
+    command.set_defaults(handler=_handler("export", "cmd_export"))
     return parser
+
+
+def _handler(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """A command's handler, imported when that command runs: ``run`` starts without the
+    code of the other commands (the emulator, export, tap, ...), which costs its start
+    tens of milliseconds on a station's CPU (docs/benchmarks.md, ready)."""
+
+    def handle(args: argparse.Namespace) -> int:
+        command = getattr(importlib.import_module(f"agent.commands.{module}"), name)
+        return int(command(args))
+
+    handle.__qualname__ = f"{module}.{name}"
+    return handle
 
 
 def _zone_codes(text: str) -> tuple[str, ...]:

@@ -32,7 +32,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from agent import __version__
-from agent.commands.common import load, read_journal
+from agent.commands.common import MAX_PENDING_AGE_S, load, read_journal
 from agent.forwarder import CONFLICT_REASON
 from agent.intake import FULL_META
 from agent.journal import RECOVERED_META, Journal, State, unfinished_salvage
@@ -40,7 +40,6 @@ from agent.service import service_running
 from agent.timestamps import utc_iso
 
 CLOCK_TOLERANCE_S = 300.0
-MAX_PENDING_AGE_S = 900.0  # status --max-pending-age: an older backlog is a problem
 
 # status's exit codes, in the order problems are looked for: the first found is the code
 EXIT_STOPPED = 3  # as systemctl status and LSB init scripts say "program is not running"
