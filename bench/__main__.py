@@ -4,7 +4,8 @@ each next to its anchor measured in the same run on the same machine.
     python -m bench                 # everything but the 1M-record memory case
     python -m bench --large         # also drain a 1 000 000-record backlog
     python -m bench --only ingest   # one benchmark (ingest, ingest-flash, drain, latency,
-                                    # latency-backlog, memory, idle, wear, fleet)
+                                    # latency-backlog, memory, idle, wear, fleet,
+                                    # ready)
 
 Prints a Markdown table (paste it into docs/benchmarks.md) and, with --json FILE, the rows.
 """
@@ -44,6 +45,9 @@ from bench.common import (
     serial_driver,
     wait_for,
     write_config,
+)
+from bench.common import (
+    env as child_env,
 )
 from bench.fleet import bench_fleet
 from drivers.framing import ACK, StxEtxFramer
@@ -615,6 +619,95 @@ def bench_wear(work: Path, quick: bool) -> list[Row]:
     ]
 
 
+def _ready_once(python: Path, config: Path, sock_path: Path) -> float:
+    """Seconds from exec of ``run`` to the READY=1 datagram it sends systemd."""
+    import socket
+
+    sock_path.unlink(missing_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(30)
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [str(python), "-m", "agent", "run", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**child_env(), "NOTIFY_SOCKET": str(sock_path)},
+            cwd=config.parent,  # not the checkout: the installed agent, as on a station
+        )
+        try:
+            while b"READY=1" not in sock.recv(4096):
+                pass
+            return time.perf_counter() - started
+        finally:
+            process.terminate()
+            process.wait(15)
+
+
+def _exec_once(python: Path, *code: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([str(python), *code], check=True, env=child_env())
+    return time.perf_counter() - started
+
+
+def station_venv(where: Path, source: Path = ROOT) -> Path:
+    """A venv holding what a station's package holds: the agent from ``source`` and its
+    runtime dependencies only (no dev tools, whose imports httpx would pick up: with
+    rich installed, ``import httpx`` also imports its command line), bytecode compiled."""
+    subprocess.run([sys.executable, "-m", "venv", str(where)], check=True)
+    python = where / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         str(source)],
+        check=True,
+    )  # fmt: skip
+    return python
+
+
+def ready_rows(pythons: dict[str, Path], work: Path, rounds: int) -> list[Row]:
+    """exec -> READY for each venv, interleaved round by round, with ``python -c pass``
+    and ``import httpx`` of the first venv as the anchors of the same run."""
+    emulator = Emulator()
+    config = write_config(work, emulator.url)
+    first = next(iter(pythons.values()))
+    times: dict[str, list[float]] = {name: [] for name in pythons}
+    bare_s, httpx_s = [], []
+    try:
+        for python in pythons.values():  # the journal exists; each venv has run once
+            _ready_once(python, config, work / "notify")
+        for _ in range(rounds):
+            bare_s.append(_exec_once(first, "-c", "pass"))
+            httpx_s.append(_exec_once(first, "-c", "import httpx"))
+            for name, python in pythons.items():
+                times[name].append(_ready_once(python, config, work / "notify"))
+    finally:
+        emulator.stop()
+    bare_ms = statistics.median(bare_s) * 1000
+    rows = []
+    for name, samples in times.items():
+        ms = statistics.median(samples) * 1000
+        rows.append(
+            Row("ready", f"run exec -> READY{name}, median of {rounds}", ms, "ms",
+                "python -c pass", bare_ms, goal="<= 200 ms", met=ms <= 200)
+        )  # fmt: skip
+    rows.append(
+        Row("ready", "python -c 'import httpx' (the HTTP client alone)",
+            statistics.median(httpx_s) * 1000, "ms", "python -c pass", bare_ms)
+    )  # fmt: skip
+    return rows
+
+
+def bench_ready(work: Path, quick: bool) -> list[Row]:
+    """``run`` exec → READY=1 on an existing journal, http:// controller, no metrics, in a
+    station-like venv; ``BENCH_READY_BASE=<checkout>`` adds that tree's agent, interleaved."""
+    work.mkdir(parents=True)
+    pythons = {"": station_venv(work / "venv")}
+    base = os.environ.get("BENCH_READY_BASE")
+    if base:
+        pythons[f" (base: {Path(base).name})"] = station_venv(work / "venv-base", Path(base))
+    return ready_rows(pythons, work, 5 if quick else 21)
+
+
 # -- the table -------------------------------------------------------------------------------
 
 
@@ -657,6 +750,7 @@ BENCHES: dict[str, Callable[[Path, bool], list[Row]]] = {
     "idle": bench_idle,
     "wear": bench_wear,
     "fleet": bench_fleet,
+    "ready": bench_ready,
 }
 
 
