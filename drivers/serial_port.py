@@ -41,6 +41,7 @@ frames' answers are the one story of when a device hears ACK, best read in one s
 from __future__ import annotations
 
 import os
+import select
 import time
 from collections.abc import Mapping
 from contextlib import closing
@@ -182,6 +183,53 @@ class Port(Protocol):
     def close(self) -> None: ...
 
 
+READ_MAX = 4096  # bytes taken in one read: a burst of frames, at most
+
+
+class _Line:
+    """The open port as the driver reads and answers it: one wait and one read of all
+    that arrived, one write per answer byte. pyserial's ``read(n)`` waits in ``select``
+    for each call, so a frame took two waits and two reads (the STX alone, then the
+    rest); its ``write`` waits in ``select`` again after the byte has gone. Both are
+    taken here straight from the descriptor pyserial opened and set up (termios, flock,
+    non-blocking); a port without one (a pyserial URL such as ``loop://``) is read and
+    written through pyserial."""
+
+    def __init__(self, port: Port) -> None:
+        self.port = port
+        fileno = getattr(port, "fileno", None)
+        try:
+            self.fd: int | None = fileno() if callable(fileno) else None
+        except (OSError, ValueError, serial.SerialException):
+            self.fd = None
+
+    def read(self) -> bytes:
+        if self.fd is None:
+            return self.port.read(max(1, self.port.in_waiting))
+        ready, _, _ = select.select([self.fd], [], [], READ_TIMEOUT_S)
+        if not ready:
+            return b""
+        try:
+            data = os.read(self.fd, READ_MAX)
+        except BlockingIOError:  # readable, then taken by nobody else: nothing after all
+            return b""
+        if not data:  # what pyserial says of it, so the port is reported lost the same way
+            raise serial.SerialException(
+                "device reports readiness to read but returned no data "
+                "(device disconnected or multiple access on port?)"
+            )
+        return data
+
+    def write(self, data: bytes) -> None:
+        if self.fd is not None:
+            try:
+                if os.write(self.fd, data) == len(data):
+                    return
+            except BlockingIOError:  # the line's output buffer is full: let pyserial wait
+                pass
+        self.port.write(data)  # waits up to WRITE_TIMEOUT_S, then raises
+
+
 class SerialDriver(Driver):
     """Reads frames from a serial port, journals them through the sink, answers ACK/NAK."""
 
@@ -311,11 +359,12 @@ class SerialDriver(Driver):
         received = False
         with closing(port):
             framer = self.options.framer()
+            line = _Line(port)
             try:
                 while not self.stopping.is_set():
-                    data = port.read(max(1, port.in_waiting))
+                    data = line.read()
                     received = received or bool(data)
-                    self._handle_all(port, [self._screen(e) for e in framer.feed(data)])
+                    self._handle_all(line, [self._screen(e) for e in framer.feed(data)])
                     self._faults.tick()
             except (serial.SerialException, OSError) as exc:
                 self._unavailable("lost", exc)
@@ -363,32 +412,32 @@ class SerialDriver(Driver):
 
     # -- frames --------------------------------------------------------------------------
 
-    def _handle_all(self, port: Port, events: list[Event]) -> None:
+    def _handle_all(self, line: _Line, events: list[Event]) -> None:
         """Answer the frames of one read in their order. Records that arrived together (a
         burst) are stored in one group commit, then ACKed each; a bad frame is NAKed in
         its place."""
         if self._batch_sink is None:
             for event in events:
-                self._handle(port, event)
+                self._handle(line, event)
             return
         run: list[HardwareRecord] = []
         for event in events:
             if isinstance(event, BadFrame):
-                self._store_run(port, run)
+                self._store_run(line, run)
                 run = []
-                self._handle(port, event)
+                self._handle(line, event)
             else:
                 self.health.last_frame_at = time.time()
                 run.append(self._record(event.payload))
-        self._store_run(port, run)
+        self._store_run(line, run)
 
-    def _store_run(self, port: Port, run: list[HardwareRecord]) -> None:
+    def _store_run(self, line: _Line, run: list[HardwareRecord]) -> None:
         if not run:
             return
         assert self._batch_sink is not None
         for receipt in self._batch_sink.submit_many(run):  # returns once committed
             self._count(receipt)
-            self._answer(port, self.options.ack if receipt.safe else self.options.nak)
+            self._answer(line, self.options.ack if receipt.safe else self.options.nak)
 
     def _screen(self, event: Event) -> Event:
         """A frame whose payload is not text is taken for line noise that passed the
@@ -405,15 +454,15 @@ class SerialDriver(Driver):
         self._suspected_noise = event.payload
         return BadFrame(Fault.NOISE, event.offset, "payload is not text", event.payload)
 
-    def _handle(self, port: Port, event: Event) -> None:
+    def _handle(self, line: _Line, event: Event) -> None:
         self.health.last_frame_at = time.time()
         if isinstance(event, BadFrame):
             self.health.frames[event.fault.value] += 1
             self._faults.add(event)
-            self._answer(port, self.options.nak)
+            self._answer(line, self.options.nak)
             return
         receipt = self._store(self._record(event.payload))
-        self._answer(port, self.options.ack if receipt.safe else self.options.nak)
+        self._answer(line, self.options.ack if receipt.safe else self.options.nak)
 
     def _record(self, payload: bytes) -> HardwareRecord:
         fields, error = self.options.read_fields(payload)
@@ -442,9 +491,9 @@ class SerialDriver(Driver):
         elif receipt is Receipt.REFUSED:
             self.health.frames["refused"] += 1
 
-    def _answer(self, port: Port, byte: int) -> None:
+    def _answer(self, line: _Line, byte: int) -> None:
         if self.options.framing != "line":
-            port.write(bytes([byte]))
+            line.write(bytes([byte]))
 
 
 def _byte_option(r: TableReader, key: str, default: int) -> int:
