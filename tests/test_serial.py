@@ -14,6 +14,7 @@ import os
 import random
 import select
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -38,7 +39,7 @@ from drivers.base import DriverContext, HardwareRecord, Receipt
 from drivers.framing import ACK, NAK, STX, Frame, StxEtxFramer
 from drivers.records import format_kv, parse_kv
 from drivers.serial_port import SerialDriver
-from tests.conftest import ROOT, agent_env, cli, eventually, write_config
+from tests.conftest import ROOT, agent_env, cli, eventually, stop_agent, write_config
 
 ZONE = ZoneInfo("America/Toronto")
 FRAMER = StxEtxFramer()
@@ -710,3 +711,39 @@ def test_simulate_sells_in_the_zones_it_is_given(tmp_path: Path, pty: Pty) -> No
     bad = cli("simulate", "--port", pty.path, "--zones", "7,,12")
     assert bad.returncode == 2
     assert "--zones: expected zone codes separated by commas, got '7,,12'" in bad.stderr
+
+
+def test_status_right_after_ready_shows_the_port_open(
+    tmp_path: Path, pty: Pty, emulator: ControllerEmulator
+) -> None:
+    """``systemctl start`` returns at READY=1 and the technician's next ``status`` must
+    show the port as it is: READY waits for each port's first open (it was sent before,
+    and on a loaded PC status said "port meter-1 is disconnected", exit 6)."""
+    address = str(tmp_path / "notify.sock")
+    config = write_config(tmp_path, emulator.url, drivers=serial_driver(pty.path))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(30)
+        with open(tmp_path / "agent.log", "ab") as out:
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "agent", "run", "--config", str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=agent_env(NOTIFY_SOCKET=address),
+                cwd=ROOT,
+            )
+        try:
+            while b"READY=1" not in sock.recv(4096):
+                pass
+            meta = sqlite3.connect(tmp_path / "journal.sqlite3")
+            try:
+                (published,) = meta.execute(
+                    "SELECT value FROM meta WHERE key = 'drivers'"
+                ).fetchone()
+            finally:
+                meta.close()
+            result = cli("status", "--config", str(config))
+        finally:
+            assert stop_agent(agent) == 0
+    assert json.loads(published)["meter-1"]["connected"] is True
+    assert result.returncode == 0, result.stdout + result.stderr

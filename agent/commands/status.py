@@ -158,7 +158,7 @@ def health(status: dict[str, Any], max_pending_age_s: float) -> list[tuple[int, 
         problems.append((EXIT_DISK_FULL, "the journal is full: new sales are refused (NAK)"))
     for name, port in status["drivers"].items():
         if not port.get("connected"):
-            detail = port.get("detail") or "no detail"
+            detail = port.get("detail") or "not opened yet"
             problems.append((EXIT_PORT_DOWN, f"port {name} is disconnected: {detail}"))
     oldest = status["oldest_pending_s"]
     if status["pending"] and oldest is not None and oldest > max_pending_age_s:

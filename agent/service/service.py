@@ -49,6 +49,7 @@ PRUNE_EVERY_S = 3600.0
 DISK_RESERVE_BYTES = 2 * 2**20  # given back when the disk is full, so deliveries are recorded
 STATUS_EVERY_S = 10.0
 HEALTH_EVERY_S = 2.0
+FIRST_OPEN_WAIT_S = 3.0  # READY waits at most this long for every port's first open
 METRICS_EVERY_S = 15.0
 STOP_BUDGET_S = 5.0
 FORWARDER_STOP_S = 1.0  # for a request in flight to finish; as long again after closing
@@ -192,6 +193,7 @@ class Service:
 
     def serve(self) -> None:
         """Run until :attr:`stopping` is set: chores, reloads, watchdog."""
+        self._await_first_open()
         self._publish_drivers()
         self.notifier.ready(self._brief())
         watchdog_every = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else None
@@ -235,6 +237,17 @@ class Service:
             self.metrics.write_textfile(path)
         except (OSError, JournalError) as exc:
             log.error("metrics: cannot write %s: %s", path, exc)
+
+    def _await_first_open(self) -> None:
+        """Before READY, each driver's first try at its port (open, or why not), for at
+        most :data:`FIRST_OPEN_WAIT_S`: ``systemctl start`` returns at READY, and the
+        ``status`` a technician runs next must show the ports as they are, not as not
+        tried yet (on a loaded PC that read "port meter-1 is disconnected", exit 6)."""
+        deadline = time.monotonic() + FIRST_OPEN_WAIT_S
+        while not all(_tried(d) for d in self.drivers):
+            left = deadline - time.monotonic()
+            if left <= 0 or self.stopping.wait(min(0.01, left)):
+                return
 
     def _publish_drivers(self) -> None:
         """Each port's health, for ``status`` in another process; written only on change."""
@@ -393,3 +406,8 @@ class Service:
             log.info("pruned %d sent record(s) older than %d days", pruned, days)
         if rejected:
             log.info("pruned %d rejected record(s) received more than %d days ago", rejected, days)
+
+
+def _tried(driver: Driver) -> bool:
+    """Whether the driver has tried its port once: open, a reason it is not, or ended."""
+    return driver.health.connected or bool(driver.health.detail) or driver.finished
