@@ -47,6 +47,18 @@ from agent.journal.store import put_meta
 log = logging.getLogger("agent.journal")
 
 
+# Claim one record, in one statement (each statement a worker runs is a GIL hand-over to
+# the other workers): a session still running first, else the oldest pending record.
+_CLAIM_ONE = f"""
+    UPDATE records SET in_flight = {SENDING}, updated_at = :now
+    WHERE id = coalesce(
+        (SELECT id FROM records INDEXED BY records_pending_end
+         WHERE state = 'pending' AND in_flight = 0 AND ends_at > :now ORDER BY id LIMIT 1),
+        (SELECT id FROM records INDEXED BY records_unsent
+         WHERE {UNSENT} AND state = 'pending' AND in_flight = 0 ORDER BY id LIMIT 1))
+    RETURNING id, payload, attempts, unknown_outcomes"""
+
+
 class Outbox(Space):
     """The queue's operations; part of :class:`~agent.journal.Journal`. It works within
     the room :class:`~agent.journal.space.Space` leaves: new records are refused when the
@@ -165,29 +177,12 @@ class Outbox(Space):
             return self._claim(db, limit)
 
     def _claim(self, db: sqlite3.Connection, limit: int) -> list[Claim]:
-        now = self._clock()
-        rows = db.execute(
-            """SELECT id FROM records INDEXED BY records_pending_end
-               WHERE state = 'pending' AND in_flight = 0 AND ends_at > ?
-               ORDER BY id LIMIT ?""",
-            (now, limit),
-        ).fetchall()
-        ids = [r[0] for r in rows]
-        if len(ids) < limit:
-            rows = db.execute(
-                f"""SELECT id FROM records INDEXED BY records_unsent
-                   WHERE {UNSENT} AND state = 'pending' AND in_flight = 0
-                   ORDER BY id LIMIT ?""",
-                (limit,),
-            ).fetchall()
-            ids += [r[0] for r in rows if r[0] not in ids][: limit - len(ids)]
-        claims = []
-        for record_id in ids:
-            payload, attempts, unknown = db.execute(
-                f"""UPDATE records SET in_flight = {SENDING}, updated_at = ?
-                   WHERE id = ? RETURNING payload, attempts, unknown_outcomes""",
-                (now, record_id),
-            ).fetchone()
+        claims: list[Claim] = []
+        while len(claims) < limit:
+            row = db.execute(_CLAIM_ONE, {"now": self._clock()}).fetchone()
+            if row is None:
+                break
+            record_id, payload, attempts, unknown = row
             claims.append(Claim(record_id, json.loads(payload), attempts, unknown))
         return claims
 
