@@ -46,6 +46,25 @@ class RetryPolicy:
             retry_error_callback=_last_result,
         )
 
+    def run(
+        self,
+        attempt: Callable[[], Verdict | None],
+        *,
+        stop: threading.Event,
+        sleep: Callable[[float], None],
+    ) -> Verdict | None:
+        """``attempt()`` until its verdict is final, as :meth:`retrying` runs it. The first
+        try runs without tenacity: most records are delivered at once, and a ``Retrying``
+        per record cost the forwarder more CPU than recording the delivery does. A first
+        verdict that is retried is handed to tenacity as its first attempt's, so the waits
+        after it are the policy's, as if tenacity had made that try."""
+        first = attempt()
+        if first is None or first.outcome not in RETRIED:
+            return first
+        replay = [first]
+        retrying = self.retrying(stop=stop, sleep=sleep)
+        return retrying(lambda: replay.pop() if replay else attempt())
+
     def agent_error_wait_s(self, in_a_row: int) -> float:
         """The wait after the agent's own errors in a row (``in_a_row`` from 1): they back
         off like transient failures, without jitter."""

@@ -247,8 +247,9 @@ class Forwarder:
 
     def _deliver(self, claim: Claim) -> None:
         delivery = _Delivery(claim, may_have_arrived=claim.unknown_outcomes > 0)
-        retrying = self.policy.retrying(stop=self._stop, sleep=self._sleep)
-        verdict: Verdict | None = retrying(self._attempt, delivery)
+        verdict = self.policy.run(
+            lambda: self._attempt(delivery), stop=self._stop, sleep=self._sleep
+        )
         if verdict is None or not verdict.final:
             self.journal.release(claim.id)  # stopping: the record stays pending
 
