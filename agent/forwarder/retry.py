@@ -15,11 +15,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
-
-import tenacity
+from typing import TYPE_CHECKING, Any
 
 from agent.forwarder.outcome import Outcome, Verdict
+
+if TYPE_CHECKING:
+    import tenacity  # imported when a record is first retried: a start does without it
 
 RETRIED = frozenset({Outcome.TRANSIENT, Outcome.PAUSED})  # the same record is tried again
 
@@ -38,6 +39,8 @@ class RetryPolicy:
         """The tries of one record: again while the verdict is transient or paused, until
         ``stop`` is set, waiting as the policy says with ``sleep`` (which may end a wait
         early). Stopped, it returns the last verdict, or None if there was none."""
+        import tenacity
+
         return tenacity.Retrying(
             retry=tenacity.retry_if_result(lambda v: v is not None and v.outcome in RETRIED),
             wait=self._wait,
@@ -71,15 +74,17 @@ class RetryPolicy:
         return float(min(self.max_s, self.initial_s * 2 ** min(in_a_row, 16)))
 
     @cached_property
-    def _wait(self) -> tenacity.wait.wait_base:
+    def _wait(self) -> _WaitForVerdict:
         return _WaitForVerdict(self)  # holds no state of a delivery: one serves every worker
 
 
-class _WaitForVerdict(tenacity.wait.wait_base):
+class _WaitForVerdict:
     """Exponential jitter by default; Retry-After when given (up to ``max_s``); longer steps
-    while paused."""
+    while paused. A wait strategy as tenacity calls one: ``wait(retry_state) -> seconds``."""
 
     def __init__(self, policy: RetryPolicy) -> None:
+        import tenacity
+
         self.policy = policy
         self.transient = tenacity.wait_exponential_jitter(
             multiplier=policy.initial_s, max=policy.max_s, jitter=policy.jitter_s
