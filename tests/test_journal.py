@@ -114,6 +114,54 @@ def test_claim_takes_only_what_it_is_asked(journal: Journal) -> None:
     assert len(journal.claim(3)) == 3
 
 
+def wal_frames(journal: Journal) -> int:
+    wal = journal.path.with_name(journal.path.name + "-wal")
+    page = sqlite3.connect(journal.path).execute("PRAGMA page_size").fetchone()[0]
+    return (wal.stat().st_size - 32) // (24 + page) if wal.exists() else 0
+
+
+def test_a_sale_stored_while_a_worker_waits_is_claimed_for_it_in_the_same_commit(
+    journal: Journal,
+) -> None:
+    journal._db.execute("PRAGMA wal_autocheckpoint = 0")  # every commit stays in the WAL
+    add(journal, "warm-up")  # the file, its first pages
+    assert journal.take_handed() == [] and len(journal.claim(1)) == 1
+    before = wal_frames(journal)
+    add(journal, "1")  # nobody waits: the worker claims it in a commit of its own
+    assert len(journal.claim(1)) == 1
+    apart = wal_frames(journal) - before
+
+    journal.await_claim(True)  # a forwarder worker goes idle
+    before = wal_frames(journal)
+    record_id = add(journal, "2")
+    handed = journal.take_handed()
+    together = wal_frames(journal) - before
+    assert [c.id for c in handed] == [record_id] and handed[0].payload == {"permitNo": "2"}
+    assert together < apart  # the claim's commit is gone
+    assert journal.claim(1) == []  # in flight, for that worker only
+    state = sqlite3.connect(journal.path).execute(
+        "SELECT in_flight FROM records WHERE id = ?", (record_id,)
+    )
+    assert state.fetchone() == (1,)  # sending: a crash now counts an unknown outcome
+    assert journal.take_handed() == []  # one claim per waiting worker
+
+
+def test_no_sale_is_claimed_ahead_for_a_worker_that_stopped_waiting(journal: Journal) -> None:
+    journal.await_claim(True)
+    journal.await_claim(False)
+    add(journal, "1")
+    assert journal.take_handed() == []
+    assert len(journal.claim(1)) == 1
+
+
+def test_claims_handed_but_never_taken_are_given_back(journal: Journal) -> None:
+    journal.await_claim(True)
+    record_id = add(journal, "1")
+    journal.release_handed()  # the forwarder stopped first
+    assert journal.take_handed() == []
+    assert [c.id for c in journal.claim(1)] == [record_id]
+
+
 def test_in_flight_after_a_crash_is_counted_as_unknown(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite3"
     with Journal(path) as journal:

@@ -43,6 +43,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 from agent.errors import JournalError, SendError
@@ -161,6 +162,8 @@ class Forwarder:
                 thread.join(max(0.0, deadline + 1.0 - time.monotonic()))
         else:
             self.sender.close()
+        with suppress(JournalError):  # else the next start finds them in flight: resent
+            self.journal.release_handed()  # claimed for a worker that stopped first
 
     def wake(self) -> None:
         """New pending records: an idle worker claims them now (it wakes the next one if it
@@ -231,7 +234,7 @@ class Forwarder:
         with self._cond:
             gen = self._work_gen
         try:
-            claims = self.journal.claim(1)
+            claims = self.journal.take_handed() or self.journal.claim(1)
         except JournalError as exc:
             log.error("cannot read the journal: %s", exc)
             self._journal_pause()
@@ -241,8 +244,13 @@ class Forwarder:
             with self._cond:
                 self._idle.notify()  # there may be more: the next idle worker looks
             return claims[0]
-        with self._cond:
-            self._idle.wait_for(lambda: self._work_gen != gen or self._stop.is_set())
+        # a sale stored while this worker waits comes claimed for it (one commit fewer)
+        self.journal.await_claim(True)
+        try:
+            with self._cond:
+                self._idle.wait_for(lambda: self._work_gen != gen or self._stop.is_set())
+        finally:
+            self.journal.await_claim(False)
         return None
 
     def _deliver(self, claim: Claim) -> None:
