@@ -588,34 +588,71 @@ def self_written() -> int:
     return int(io["write_bytes"])
 
 
+def _written_per_sale(work: Path, n: int, rate: float, sync_every_s: float = 0.0) -> float:
+    """The agent's bytes written per record for ``n`` simulated sales at ``rate`` a
+    second, journaled and delivered; with ``sync_every_s``, the system's dirty pages are
+    written out that often (each sale's writes reach the disk before the next sale's)."""
+    work.mkdir(parents=True)
+    emulator = Emulator()
+    driver = f'\n[[drivers]]\nkind = "simulated"\nname = "meter-1"\nrate = {rate}\ncount = {n}\n'
+    agent = Agent(write_config(work, emulator.url, drivers=driver), work / "agent.log")
+    journal = work / "journal.sqlite3"
+    done = threading.Event()
+
+    def write_back() -> None:
+        while not done.wait(sync_every_s):
+            os.sync()
+
+    syncer = threading.Thread(target=write_back, daemon=True)
+    if sync_every_s:
+        syncer.start()
+    try:
+        # counted from the service's "running" line: what a start writes once (the disk
+        # reserve, 2 MiB laid down with a new journal) is no record's
+        agent.wait_log("running")
+        before, sent_before = Usage.of(agent.pid).write_bytes, count_sent(journal)
+        wait_for(lambda: count_sent(journal) >= n * 0.95, 120, "delivered")
+        time.sleep(2)  # the last few, and their bookkeeping
+        sent = count_sent(journal) - sent_before
+        written = Usage.of(agent.pid).write_bytes - before
+    finally:
+        done.set()
+        agent.stop()
+        emulator.stop()
+    return written / sent
+
+
 def bench_wear(work: Path, quick: bool) -> list[Row]:
     """Bytes written to disk per record over its life: journaled (the intake), delivered
-    (the forwarder's bookkeeping), pruned (retention)."""
+    (the forwarder's bookkeeping), pruned (retention). Then the same for sales far apart,
+    as a station sells: the kernel writes every dirty page out before the next sale, so a
+    page written by several sales' commits is written again for each."""
     from agent.journal import Journal
 
     n = 500 if quick else 2_000
-    work.mkdir(parents=True)
-    emulator = Emulator()
-    driver = f'\n[[drivers]]\nkind = "simulated"\nname = "meter-1"\nrate = 200\ncount = {n}\n'
-    agent = Agent(write_config(work, emulator.url, drivers=driver), work / "agent.log")
-    journal = work / "journal.sqlite3"
-    try:
-        wait_for(lambda: journal.exists() and count_sent(journal) >= n * 0.95, 120, "delivered")
-        time.sleep(2)  # the last few, and their bookkeeping
-        sent = count_sent(journal)
-        usage = Usage.of(agent.pid)
-    finally:
-        agent.stop()
-        emulator.stop()
+    life = _written_per_sale(work / "fast", n, 200)
     before = self_written()
-    with Journal(journal) as j:
+    with Journal(work / "fast" / "journal.sqlite3") as j:
         pruned = j.prune_sent(time.time() + 1)
     prune_bytes = self_written() - before
-    life = usage.write_bytes / sent
+    apart = _written_per_sale(work / "apart", 60 if quick else 150, 5, sync_every_s=0.05)
     return [
         Row("wear", "journaled + delivered, per record", life, "bytes"),
         Row("wear", "pruned, per record", prune_bytes / max(pruned, 1), "bytes"),
-        Row("wear", "whole life, per record", life + prune_bytes / max(pruned, 1), "bytes"),
+        Row(
+            "wear",
+            "whole life, per record",
+            life + prune_bytes / max(pruned, 1),
+            "bytes",
+            goal="<= 16 KB",
+            met=life + prune_bytes / max(pruned, 1) <= 16_000,
+        ),
+        Row(
+            "wear",
+            "journaled + delivered, sales far apart (written back in between)",
+            apart,
+            "bytes",
+        ),
     ]
 
 
