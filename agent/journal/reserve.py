@@ -18,7 +18,8 @@ RESERVE_SHARE = 8
 MIN_RESERVE_BYTES = 32 * 1024
 SALES_ROOM_BYTES = 16 * 1024  # beyond the reserve, room for a few records: take them
 # recording one delivery grows the journal by about this much (its reference ids and
-# index entries; measured: 0.5 of a 1 KB page per record), kept free for each one to send
+# index entries; measured: ~500 bytes per record, 1 KB pages and 512 alike), kept free for
+# each one to send
 DELIVERY_BYTES = 512
 
 
