@@ -162,6 +162,20 @@ def test_claims_handed_but_never_taken_are_given_back(journal: Journal) -> None:
     assert [c.id for c in journal.claim(1)] == [record_id]
 
 
+def test_a_sale_claimed_for_a_waiting_worker_and_lost_in_a_crash_is_sent_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.sqlite3"
+    with Journal(path) as journal:
+        journal.await_claim(True)
+        record_id = add(journal, "1")
+        assert [c.id for c in journal.take_handed()] == [record_id]
+        # the agent dies here: the claim was never sent, never given back
+    with Journal(path) as journal:
+        assert journal.recover_in_flight() == 1  # counted, as promise 3 asks
+        assert [c.id for c in journal.claim(1)] == [record_id]
+
+
 def test_in_flight_after_a_crash_is_counted_as_unknown(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite3"
     with Journal(path) as journal:
