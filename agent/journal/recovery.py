@@ -135,7 +135,10 @@ def _open(path: Path, max_bytes: int | None, reserve_bytes: int, stopping: Flag 
             journal.close()
             raise
         journal.close()
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    # time.gmtime() with no argument reads the kernel's coarse clock, up to a tick behind
+    # time.time(): just after a second turns it names the second before, and the id floor
+    # taken from this stamp would fall below ids numbered from time.time() a moment ago.
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time()))
     aside, n = f"{path.name}.corrupt-{stamp}", 1
     while path.with_name(aside).exists():  # damaged again within the second of the last
         n += 1
