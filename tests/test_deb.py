@@ -450,6 +450,15 @@ def test_the_hardening_lets_the_agent_work(box: Container) -> None:
     )
     status = status_json(box)
     assert status["pending"] == 0 and status["sent"] >= 5, status
+    # the filter lets sched_setaffinity through (else SIGSYS would have killed the agent):
+    # every thread of the service on one CPU, the last of those systemd gave it
+    pid = box.show("MainPID")["MainPID"]
+    lists = box.sh(f"grep -h Cpus_allowed_list /proc/{pid}/task/*/status").stdout.split()[1::2]
+    given = box.sh("grep Cpus_allowed_list /proc/1/status").stdout.split()[1]  # e.g. 0-1
+    last = max(int(n) for span in given.split(",") for n in span.split("-"))
+    if given != str(last):  # more than one CPU
+        assert len(lists) >= 3 and set(lists) == {str(last)}, lists
+        assert f"threads kept on CPU {last} (of {given})" in journal_text(box)
 
 
 def test_the_service_user_runs_the_health_check(box: Container) -> None:

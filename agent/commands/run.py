@@ -15,6 +15,7 @@ import signal
 from agent.commands.common import load_for_sending
 from agent.errors import Stopped
 from agent.service import Service, logs
+from agent.service.cpu import keep_on_one_cpu
 from agent.signals import Flag
 
 log = logging.getLogger("agent.cli")  # the name log lines have always carried
@@ -27,6 +28,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # TimeoutStopFailureMode=abort, when a stop takes too long): the journal then shows where
     # every thread was. Stack frames only, never values, so no token.
     faulthandler.enable()
+    if config.agent.one_cpu:
+        keep_on_one_cpu()  # before any thread starts: each inherits it
     # opening the journal may wait for another process's lock or finish a salvage: a
     # SIGTERM then must stop it at once, with exit 0 (Flags: see agent.signals)
     stopping, reload = Flag(), Flag()

@@ -128,6 +128,7 @@ def _agent(problems: Problems, value: Any, environ: Mapping[str, str]) -> AgentS
         hours = parse_hours(hours_text)
     except ValueError as exc:
         r.error("opening_hours", str(exc))
+    one_cpu = r.take("one_cpu", bool, AgentSettings.one_cpu)
     return AgentSettings(
         station_id,
         timezone,
@@ -136,6 +137,7 @@ def _agent(problems: Problems, value: Any, environ: Mapping[str, str]) -> AgentS
         keep_sep,
         max_mb if max_mb > 0 else AgentSettings.journal_max_mb,
         hours,
+        one_cpu,
     )
 
 

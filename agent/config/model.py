@@ -39,6 +39,7 @@ class AgentSettings:
     keep_plate_separators: bool = False
     journal_max_mb: int | None = None  # None: as large as the disk allows
     opening_hours: OpeningHours = ALWAYS  # local time; when a silent meter is news
+    one_cpu: bool = True  # keep the agent's threads on one CPU (agent.service.cpu)
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,13 @@ config with the file's new one and says, key by key:
   one is restarted; an unchanged driver runs on untouched (a restart would lose its line
   state).
 * **needs a restart** (:data:`RESTART_ONLY`): the station id (the journal's dedupe key),
-  the journal and its size limit, every ``[controller]`` key that shapes the running
-  sender and forwarder (``url``, ``timeout_s``, ``concurrency``, the backoffs), and the
-  metrics listener and textfile. Swapping the sender under requests in flight is not worth
-  the risk of stranding a claim; a restart stops cleanly and re-sends what was in flight.
-  Each such change is logged with the command that applies it, and the service goes on
-  with the running value, which the returned config keeps, so the rest of the service
-  never mixes old and new.
+  the journal and its size limit, ``one_cpu`` (threads are placed at start), every
+  ``[controller]`` key that shapes the running sender and forwarder (``url``,
+  ``timeout_s``, ``concurrency``, the backoffs), and the metrics listener and textfile.
+  Swapping the sender under requests in flight is not worth the risk of stranding a claim;
+  a restart stops cleanly and re-sends what was in flight. Each such change is logged with
+  the command that applies it, and the service goes on with the running value, which the
+  returned config keeps, so the rest of the service never mixes old and new.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ T = TypeVar("T", bound="DataclassInstance")
 
 RESTART_COMMAND = "systemctl restart paystation-agent"
 RESTART_ONLY = {
-    "agent": ("station_id", "journal", "journal_max_mb"),
+    "agent": ("station_id", "journal", "journal_max_mb", "one_cpu"),
     "controller": (
         "url",
         "timeout_s",
