@@ -78,6 +78,9 @@ def fleet_drain(
                 controller=f"concurrency = {CONCURRENCY}\n"
                 f"adaptive_concurrency = {str(adaptive).lower()}",
                 drivers=serial_driver(pty.path) if n == 0 else "",
+                # twelve stations have twelve PCs: each agent keeping its threads on "its"
+                # CPU would put all twelve on this machine's last one
+                agent="one_cpu = false",
             )
             text = config.read_text().replace('"PS-BENCH"', f'"FLEET-{n:02d}"', 1)
             config.write_text(text)

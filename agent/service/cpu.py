@@ -5,8 +5,8 @@ driver per port, the forwarder's workers) hand that turn to each other at every 
 statement and socket call. Spread over several CPUs, each hand-over wakes a thread on
 another CPU, which waits for it to run there; on one CPU the thread that gives the turn
 goes on until it waits for something, and the next one runs after it, at no cost. Measured
-on a 2-core machine, a backlog draining with 4 requests in flight: 0.67 CPU ms per record
-on one CPU, 1.01 spread over two, 1.7 x the records per second (docs/benchmarks.md). The
+on a 2-core machine, a backlog draining with 4 requests in flight: 0.69 CPU ms per record
+on one CPU, 1.02 spread over two, 1.5 x the records per second (docs/benchmarks.md). The
 work the agent waits for (the controller, the disk's flush) happens elsewhere either way.
 
 The CPU is the last one the process may use (the kernel's first CPU takes most interrupts
