@@ -38,13 +38,22 @@ def own_list() -> str:
 
 @contextmanager
 def running_agent(
-    tmp_path: Path, emulator: ControllerEmulator, agent_keys: str = ""
+    tmp_path: Path,
+    emulator: ControllerEmulator,
+    agent_keys: str = "",
+    started_on: set[int] | None = None,
 ) -> Iterator[int]:
     """An agent selling through a simulated meter, delivering to the emulator (so a
-    driver's thread and the forwarder's workers are all there); its pid."""
+    driver's thread and the forwarder's workers are all there), started on the CPUs
+    ``started_on`` (default: this process's); its pid."""
     config = write_config(tmp_path, emulator.url, drivers=simulated_driver(count=40, rate=50))
     config.write_text(config.read_text().replace("[controller]", f"{agent_keys}\n[controller]"))
-    agent = start_agent(config, tmp_path / "agent.log")
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, started_on or before)  # the agent inherits this thread's at fork
+    try:
+        agent = start_agent(config, tmp_path / "agent.log")
+    finally:
+        os.sched_setaffinity(0, before)
     try:
         eventually(lambda: len(emulator.accepted) >= 5, what="sales delivered")
         yield agent.pid
@@ -80,17 +89,8 @@ def test_an_agent_started_on_one_cpu_stays_on_that_one(
 ) -> None:
     """``taskset -c 0 paystation-agent run``, or the unit's ``CPUAffinity=0``: the choice
     someone made wins over the agent's."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {CPUS[0]})  # the agent inherits this thread's CPUs at fork
-    try:
-        context = running_agent(tmp_path, emulator)
-        pid = context.__enter__()
-    finally:
-        os.sched_setaffinity(0, before)
-    try:
+    with running_agent(tmp_path, emulator, started_on={CPUS[0]}) as pid:
         assert set(allowed_cpus(pid).values()) == {str(CPUS[0])}
-    finally:
-        context.__exit__(None, None, None)
     assert "threads kept on CPU" not in (tmp_path / "agent.log").read_text()
 
 
