@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -296,3 +297,43 @@ def test_a_small_disk_full_of_the_journal_alone_takes_sales_again_by_itself(
     assert answers.endswith("A" * 100), "sales are not taken again"
     assert counts[State.PENDING] == 0 and set(counts.values()) - {0} == {counts[State.SENT]}
     report("small-disk-alone", acked=answers.count("A"), naked=answers.count("N"))
+
+
+def test_a_disk_another_program_fills_is_noticed_within_a_second_of_ample_room(
+    tmp_path: Path,
+) -> None:
+    """With ample room, one reading of the disk serves the records of the next moment (a
+    fast upload's). Another program then takes all but 400 KiB, and sales keep coming, a
+    few a second, never enough to fill the disk themselves: within a second of the last
+    reading they are refused, and every sale taken is in the journal."""
+    from agent.intake import Intake
+    from agent.journal import Journal, State
+    from agent.journal.reserve import TRUSTED_S
+    from drivers.base import HardwareRecord
+    from drivers.records import parse_kv
+    from tests.test_serial import rules
+
+    with (
+        small_filesystem(tmp_path / "roomy", 32 * 1024) as mount,
+        Journal(mount / "journal.sqlite3", reserve_bytes=2 * 2**20) as journal,
+    ):
+        intake = Intake(journal, "PS-TEST", rules())
+
+        def sell(n: int) -> bool:
+            raw = sale(f"S-{n}", PLATE=f"P{n:07d}")
+            return intake.submit(HardwareRecord(raw, parse_kv(raw), "meter-1")).safe
+
+        assert all(sell(n) for n in range(20)), "sales refused with 30 MB free"
+        read_before = time.monotonic()  # the last sale's reading is no newer than this
+        leave_free(mount, 400 * 1024)
+        taken, refused_at = 20, None
+        while refused_at is None and time.monotonic() - read_before < TRUSTED_S + 3:
+            if sell(taken):
+                taken += 1
+                time.sleep(0.05)
+            else:
+                refused_at = time.monotonic()
+        counts = journal.counts()
+    assert refused_at is not None, "sales were still taken 4 s after the disk filled"
+    assert refused_at - read_before <= TRUSTED_S + 0.5, "a reading of the disk held too long"
+    assert counts[State.PENDING] == taken, "a sale taken is not in the journal"
