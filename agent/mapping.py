@@ -39,7 +39,6 @@ from agent.currency import CURRENCY_CODE
 from agent.errors import MappingError
 from agent.permits import DEFAULT_TEMPLATE, RECEIPT_ONLY, PermitForm, PermitNumbering
 
-WIRE_TIME = "%Y-%m-%dT%H:%M:%S"
 MAX_AMOUNT = Decimal("999999.99")
 MIN_AMOUNT = Decimal("0.01")
 CENT = Decimal("0.01")
@@ -134,8 +133,8 @@ def map_record(
     payload["LicencePlate"] = plate
     zone_at = len(payload)
     payload["permitNo"] = permit or ""
-    payload["startTime"] = start.strftime(WIRE_TIME)
-    payload["endTime"] = end.strftime(WIRE_TIME)
+    payload["startTime"] = wire_time(start)
+    payload["endTime"] = wire_time(end)
     promo = _text(fields, "PROMO")
     if promo:
         payload["promoCode"] = _limited("PROMO", promo, LIMITS["promoCode"])
@@ -265,13 +264,18 @@ def _amount(text: str | None) -> str | None:
     return f"{value.quantize(CENT):f}"
 
 
+def wire_time(moment: datetime) -> str:
+    """A UTC time as the Push API takes it: ``2018-07-02T05:00:00``, whole seconds, no
+    offset (isoformat, a tenth of strftime's cost)."""
+    return moment.replace(tzinfo=None).isoformat(timespec="seconds")
+
+
 def _text(fields: Mapping[str, str], name: str, *, required: bool = False) -> str:
     value = fields.get(name)
-    if value is None or not str(value).strip():
-        if required:
-            raise MappingError(name, "missing")
-        return ""
-    return str(value).strip()
+    text = "" if value is None else str(value).strip()
+    if not text and required:
+        raise MappingError(name, "missing")
+    return text
 
 
 def _limited(field: str, value: str, limit: int) -> str:

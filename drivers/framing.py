@@ -29,7 +29,6 @@ far, so a technician can find it in a capture.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import reduce
@@ -61,6 +60,10 @@ class Frame:
     payload: bytes
     offset: int
 
+    def moved(self, by: int) -> Frame:
+        """The same frame, ``by`` bytes further in the stream."""
+        return Frame(self.payload, self.offset + by)
+
 
 @dataclass(frozen=True)
 class BadFrame:
@@ -70,6 +73,10 @@ class BadFrame:
     offset: int
     detail: str
     raw: bytes
+
+    def moved(self, by: int) -> BadFrame:
+        """The same bad frame, ``by`` bytes further in the stream."""
+        return BadFrame(self.fault, self.offset + by, self.detail, self.raw)
 
 
 Event = Frame | BadFrame
@@ -192,7 +199,7 @@ class StxEtxFramer:
             if used == 0:
                 break
             if event is not None:
-                events.append(dataclasses.replace(event, offset=event.offset + self._offset))
+                events.append(event.moved(self._offset))
             del self._buffer[:used]
             self._offset += used
         return events

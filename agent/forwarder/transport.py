@@ -78,6 +78,7 @@ DIRECT = "direct"  # controller.proxy = "direct": no proxy, whatever the environ
 
 # the answer's headers the decisions read (agent.forwarder.outcome); only these are copied out
 READ_HEADERS = ("location", "retry-after")
+_BODY = json.JSONEncoder(ensure_ascii=False)  # json.dumps() with an option builds one per call
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,7 @@ class HttpSender:
             "POST",
             self.url,
             headers=self._headers,
-            content=json.dumps(body, ensure_ascii=False).encode(),
+            content=_BODY.encode(body).encode(),
             extensions={"timeout": self._timeout},
         )
         deadline = time.monotonic() + self._timeout_s

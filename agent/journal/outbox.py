@@ -462,5 +462,7 @@ def _txn_variants(txn: str | None) -> Iterator[str | None]:
             n += 1
 
 
-def _dump(value: Mapping[str, str]) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+# one encoder for every row: json.dumps() with options builds a new one at each call
+_dump: Callable[[Mapping[str, str]], str] = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False
+).encode
