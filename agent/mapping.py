@@ -198,7 +198,8 @@ def to_utc(
     try:
         if parsed.tzinfo is not None:
             return parsed.astimezone(UTC).replace(microsecond=0)
-        parsed = parsed.replace(microsecond=0)
+        if parsed.microsecond:
+            parsed = parsed.replace(microsecond=0)
         first = parsed.replace(tzinfo=zone, fold=0).astimezone(UTC)
         second = parsed.replace(tzinfo=zone, fold=1).astimezone(UTC)
     except (OverflowError, ValueError):
@@ -266,8 +267,8 @@ def _amount(text: str | None) -> str | None:
 
 def wire_time(moment: datetime) -> str:
     """A UTC time as the Push API takes it: ``2018-07-02T05:00:00``, whole seconds, no
-    offset (isoformat, a tenth of strftime's cost)."""
-    return moment.replace(tzinfo=None).isoformat(timespec="seconds")
+    offset (isoformat, a tenth of strftime's cost; years are 2000-9998, four digits)."""
+    return moment.isoformat(timespec="seconds")[:19]  # the "+00:00" cut off
 
 
 def _text(fields: Mapping[str, str], name: str, *, required: bool = False) -> str:
