@@ -12,7 +12,6 @@ a typo must not be silently ignored.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -149,6 +148,8 @@ def suggest(name: str, candidates: tuple[str, ...] | list[str]) -> str:
     folded = {c.casefold(): c for c in candidates}
     if name.casefold() in folded:
         return f" (did you mean {folded[name.casefold()]!r}? names are case-sensitive)"
+    import difflib  # only for a mistake: a start without one skips its import
+
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-import platformdirs
-
 from agent.hours import ALWAYS, OpeningHours
 from agent.permits import DEFAULT_TEMPLATE
 
@@ -99,6 +97,8 @@ def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
         return Path(environ[CONFIG_ENV])
     if DEFAULT_CONFIG_PATH.exists():
         return DEFAULT_CONFIG_PATH
+    import platformdirs  # only off a station: the service has /etc and STATE_DIRECTORY
+
     return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
 
 
@@ -111,4 +111,6 @@ def default_journal_path(environ: Mapping[str, str] = os.environ) -> Path:
         return Path(state) / "journal.sqlite3"
     if SYSTEM_STATE_DIR.is_dir():
         return SYSTEM_STATE_DIR / "journal.sqlite3"
+    import platformdirs  # only off a station: the service has /etc and STATE_DIRECTORY
+
     return Path(platformdirs.user_data_dir(APP_NAME)) / "journal.sqlite3"
