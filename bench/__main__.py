@@ -203,12 +203,17 @@ def ceiling_ingest(work: Path, count: int) -> float:
 
 def bench_ingest(work: Path, quick: bool) -> list[Row]:
     n = 600 if quick else 2_000
-    ceiling = ceiling_ingest(work / "ceiling", n)
+    # the goal's two figures, interleaved round by round: this host's load moves within
+    # minutes, and one reading of each, a minute apart, read 0.62 x and 0.85 x in one hour
+    ceilings, ones = [], []
+    for r in range(1 if quick else INGEST_ROUNDS):
+        ceilings.append(ceiling_ingest(work / f"ceiling{r}", n))
+        ones.append(agent_ingest(work / f"one{r}", n, meters=1, burst=1))
+    ceiling, one = statistics.median(ceilings), statistics.median(ones)
     ref = reference_ingest(work / "ref", n)
     inproc = in_process_ingest(work / "inproc", n)
     floor = floor_ingest(n)
     pq = persist_queue_ingest(work / "pq", n)
-    one = agent_ingest(work / "one", n, meters=1, burst=1)
     burst = agent_ingest(work / "burst", n, meters=1, burst=8)
     two = agent_ingest(work / "two", n, meters=2, burst=1)
     anchor = "stdlib sqlite3 WAL FULL, 1 commit/record"
@@ -242,12 +247,16 @@ def bench_ingest(work: Path, quick: bool) -> list[Row]:
     rows.append(Row("ingest", "1 meter vs the line's floor", one, "frames/s", "floor", floor))
     top = "ceiling: pty, 1 durable commit, ACK"
     rows.append(Row("ingest", f"{top} (bench/ceiling.py)", ceiling, "frames/s"))
+    median = f"median of {len(ones)} interleaved"
     goal = ">= 0.95 x" if LABEL else ">= 0.85 x"
-    rows.append(Row("ingest", "1 meter vs the ceiling", one, "frames/s", top, ceiling, goal))
+    rows.append(
+        Row("ingest", f"1 meter vs the ceiling, {median}", one, "frames/s", top, ceiling, goal)
+    )
     return [dataclasses.replace(r, bench=r.bench + LABEL) for r in rows]
 
 
 LABEL = os.environ.get("BENCH_LABEL", "")
+INGEST_ROUNDS = 3
 
 
 def bench_ingest_flash(work: Path, quick: bool) -> list[Row]:
