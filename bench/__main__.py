@@ -13,6 +13,7 @@ Prints a Markdown table (paste it into docs/benchmarks.md) and, with --json FILE
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -170,11 +171,12 @@ def in_process_ingest(work: Path, count: int) -> float:
     return count / elapsed
 
 
-def responder_ingest(module: str, count: int, *extra: str, settle_s: float = 0.0) -> float:
-    """Frames/s, stop-and-wait, through ``python -m module PTY *extra``: a responder on the
-    same kind of pty that prints "ready" once it listens and ACKs every frame."""
+@contextlib.contextmanager
+def responder(module: str, *extra: str) -> Iterator[tuple[Pty, subprocess.Popen[str]]]:
+    """``python -m module PTY *extra`` on a new pty, once it prints "ready": a responder on
+    the same kind of pty as the agent's that ACKs every frame. Stopped on leaving."""
     pty = Pty()
-    responder = subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", module, pty.path, *extra],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -182,15 +184,21 @@ def responder_ingest(module: str, count: int, *extra: str, settle_s: float = 0.0
         cwd=ROOT,
     )
     try:
-        assert responder.stdout is not None and responder.stdout.readline().strip() == "ready"
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        yield pty, process
+    finally:
+        process.communicate("", timeout=10)
+        pty.close()
+
+
+def responder_ingest(module: str, count: int, *extra: str, settle_s: float = 0.0) -> float:
+    """Frames/s, stop-and-wait, through a :func:`responder`."""
+    with responder(module, *extra) as (pty, _):
         time.sleep(settle_s)
         batch = frames(count, module.rsplit(".", 1)[-1][:1].upper())
         started = time.perf_counter()
         feed(pty, batch, 1)
         elapsed = time.perf_counter() - started
-    finally:
-        responder.communicate("", timeout=10)
-        pty.close()
     return count / elapsed
 
 

@@ -108,7 +108,7 @@ def _busiest(before: dict[str, Use], after: dict[str, Use]) -> list[int]:
 def measure(work: Path, count: int) -> dict[str, float]:
     """µs of the driver thread's CPU per frame by phase, its µs on the CPU and wake-ups per
     frame, and the ceiling's thread's."""
-    from bench.__main__ import feed, frames
+    from bench.__main__ import feed, frames, responder
 
     work.mkdir(parents=True)
     result: dict[str, float] = {}
@@ -137,22 +137,10 @@ def measure(work: Path, count: int) -> dict[str, float]:
         result[f"agent: {key}"] = spent.get(key, 0) / count / 1000
     result["agent: wake-ups"] = spent["wake-ups"] / count
 
-    pty = Pty()
-    ceiling = subprocess.Popen(
-        [sys.executable, "-m", "bench.ceiling", pty.path, str(work / "ceiling.sqlite3")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        assert ceiling.stdout is not None and ceiling.stdout.readline().strip() == "ready"
+    with responder("bench.ceiling", str(work / "ceiling.sqlite3")) as (pty, ceiling):
         before = _threads(ceiling.pid)
         feed(pty, frames(count, "C"), 1)
         ns, wakeups, kernel = _busiest(before, _threads(ceiling.pid))
-    finally:
-        ceiling.communicate("", timeout=10)
-        pty.close()
     result["ceiling: on the CPU"] = ns / count / 1000
     result["ceiling:   of it in the kernel"] = kernel / count / 1000
     result["ceiling: wake-ups"] = wakeups / count
