@@ -305,7 +305,8 @@ def test_a_disk_another_program_fills_is_noticed_within_a_second_of_ample_room(
     """With ample room, one reading of the disk serves the records of the next moment (a
     fast upload's). Another program then takes all but 400 KiB, and sales keep coming, a
     few a second, never enough to fill the disk themselves: within a second of the last
-    reading they are refused, and every sale taken is in the journal."""
+    reading they are refused (a reading that never expired would take them for most of a minute),
+    and every sale taken is in the journal."""
     from agent.intake import Intake
     from agent.journal import Journal, State
     from agent.journal.reserve import TRUSTED_S
@@ -327,13 +328,14 @@ def test_a_disk_another_program_fills_is_noticed_within_a_second_of_ample_room(
         read_before = time.monotonic()  # the last sale's reading is no newer than this
         leave_free(mount, 400 * 1024)
         taken, refused_at = 20, None
-        while refused_at is None and time.monotonic() - read_before < TRUSTED_S + 3:
+        while refused_at is None and time.monotonic() - read_before < TRUSTED_S + 4:
             if sell(taken):
                 taken += 1
                 time.sleep(0.05)
             else:
                 refused_at = time.monotonic()
         counts = journal.counts()
-    assert refused_at is not None, "sales were still taken 4 s after the disk filled"
-    assert refused_at - read_before <= TRUSTED_S + 0.5, "a reading of the disk held too long"
+    assert refused_at is not None, "sales were still taken 5 s after the disk filled"
+    # the reading holds TRUSTED_S; the rest is a margin for a loaded machine
+    assert refused_at - read_before <= TRUSTED_S + 1.0, "a reading of the disk held too long"
     assert counts[State.PENDING] == taken, "a sale taken is not in the journal"
