@@ -110,7 +110,7 @@ class Outbox(Space):
         """
         now = self._clock()
         with self._write(durable=True) as db:
-            self._check_room(db)
+            self._check_room(db, len(records))
             results = [self._insert(db, record, now) for record in records]
             handed = self._hand_over(db, results, now)
         if handed:

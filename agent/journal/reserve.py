@@ -71,17 +71,18 @@ class DiskReserve:
 
     def ready(
         self,
+        records: int,
         inside: Callable[[], int],
         backlog_at_most: Callable[[], int],
         backlog: Callable[[], int],
     ) -> bool:
-        """May new records be taken? ``inside``: bytes free within the journal file;
+        """May ``records`` new records be taken? ``inside``: bytes free within the journal file;
         ``backlog``: records still to deliver, ``backlog_at_most`` a cheap upper bound."""
         if not self.size:
             return True
         now = time.monotonic()
-        if self._trusted_records > 0 and now < self._trusted_until:
-            self._trusted_records -= 1
+        if self._trusted_records >= records and now < self._trusted_until and not self.released:
+            self._trusted_records -= records  # a burst's records, not its one call
             return True
         free = self.free()
         if self.released and free >= 2 * self.size:

@@ -41,11 +41,12 @@ class Space(Store):
         """Bytes free on the journal's filesystem."""
         return self._reserve.free()
 
-    def _check_room(self, db: sqlite3.Connection) -> None:
+    def _check_room(self, db: sqlite3.Connection, records: int = 1) -> None:
         """Raise :class:`JournalFullError` when new records may not be taken now: the disk
         is nearly full (the room left is kept for the backlog's deliveries), or the
         journal has reached its size limit's share for new records."""
         if not self._reserve.ready(
+            records,
             lambda: self._free_inside(db),
             lambda: self._backlog_at_most(db),
             lambda: self._backlog(db),
