@@ -1,7 +1,8 @@
 """Where a stop-and-wait meter's frame goes in the running agent: each phase of the serial
 driver's loop timed with the driver thread's own CPU clock, and that thread's time on the
 CPU and wake-ups per frame (``/proc/<pid>/task/<tid>/schedstat``), beside the ingest
-ceiling's thread (bench/ceiling.py) read the same way:
+ceiling's thread (bench/ceiling.py), bare and with the agent's framing and mapping
+(``--map``), read the same way:
 
     python -m bench.phases [N [WORK_DIR]]
 
@@ -107,7 +108,7 @@ def _busiest(before: dict[str, Use], after: dict[str, Use]) -> list[int]:
 
 def measure(work: Path, count: int) -> dict[str, float]:
     """µs of the driver thread's CPU per frame by phase, its µs on the CPU and wake-ups per
-    frame, and the ceiling's thread's."""
+    frame, and the ceiling's thread's (bare, and ``--map``)."""
     from bench.__main__ import feed, frames, responder
 
     work.mkdir(parents=True)
@@ -137,13 +138,15 @@ def measure(work: Path, count: int) -> dict[str, float]:
         result[f"agent: {key}"] = spent.get(key, 0) / count / 1000
     result["agent: wake-ups"] = spent["wake-ups"] / count
 
-    with responder("bench.ceiling", str(work / "ceiling.sqlite3")) as (pty, ceiling):
-        before = _threads(ceiling.pid)
-        feed(pty, frames(count, "C"), 1)
-        ns, wakeups, kernel = _busiest(before, _threads(ceiling.pid))
-    result["ceiling: on the CPU"] = ns / count / 1000
-    result["ceiling:   of it in the kernel"] = kernel / count / 1000
-    result["ceiling: wake-ups"] = wakeups / count
+    for name, extra in (("ceiling", ()), ("ceiling --map", ("--map",))):
+        database = str(work / f"{name.replace(' --', '-')}.sqlite3")
+        with responder("bench.ceiling", database, *extra) as (pty, ceiling):
+            before = _threads(ceiling.pid)
+            feed(pty, frames(count, "C"), 1)
+            ns, wakeups, kernel = _busiest(before, _threads(ceiling.pid))
+        result[f"{name}: on the CPU"] = ns / count / 1000
+        result[f"{name}:   of it in the kernel"] = kernel / count / 1000
+        result[f"{name}: wake-ups"] = wakeups / count
     return result
 
 
