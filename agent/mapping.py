@@ -121,41 +121,47 @@ def map_record(
     permit = permit_number(fields, rules, source, txn, record_id)
     plate = normalise_plate(_text(fields, "PLATE", required=True), rules.keep_plate_separators)
     start, end = _session_times(fields, rules.timezone)
-
-    payload: dict[str, str] = {}
     amount = _amount(fields.get("AMT"))
+    currency = ""
     if amount is not None:
-        payload["Amount"] = amount
         currency = _text(fields, "CUR").upper() or rules.currency
         if not CURRENCY_CODE.fullmatch(currency):
             raise MappingError("CUR", f"expected a currency code such as CAD, got {currency!r}")
+    promo = _text(fields, "PROMO")
+    if promo:
+        _limited("PROMO", promo, LIMITS["promoCode"])
+    ticket = _text(fields, "TICKET")
+    if ticket:
+        _limited("TICKET", ticket, LIMITS["TicketNumber"])
+
+    ends_at, starts_at = end.timestamp(), start.timestamp()
+    zone_code = _text(fields, "ZONE") or None
+    zone = None
+    if zone_code is not None:
+        zone = rules.zone_map.get(zone_code)
+        if zone is None:
+            if rules.unmapped == "reject":
+                raise MappingError("ZONE", f"zone code {zone_code!r} has no mapping in [zones.map]")
+            if rules.unmapped == "hold":
+                return Mapped(None, zone_code, ends_at, starts_at)
+            zone = zone_code
+        zone = _limited("ZONE", zone, LIMITS["zone"])
+
+    payload: dict[str, str] = {}  # in the vendor's key order
+    if amount is not None:
+        payload["Amount"] = amount
         payload["CurrencyID"] = currency
     payload["LicencePlate"] = plate
-    zone_at = len(payload)
+    if zone is not None:
+        payload["zone"] = zone
     payload["permitNo"] = permit or ""
     payload["startTime"] = wire_time(start)
     payload["endTime"] = wire_time(end)
-    promo = _text(fields, "PROMO")
     if promo:
-        payload["promoCode"] = _limited("PROMO", promo, LIMITS["promoCode"])
-    ticket = _text(fields, "TICKET")
+        payload["promoCode"] = promo
     if ticket:
-        payload["TicketNumber"] = _limited("TICKET", ticket, LIMITS["TicketNumber"])
-
-    zone_code = _text(fields, "ZONE") or None
-    if zone_code is None:
-        return Mapped(payload, None, end.timestamp(), start.timestamp())
-    zone = rules.zone_map.get(zone_code)
-    if zone is None:
-        if rules.unmapped == "reject":
-            raise MappingError("ZONE", f"zone code {zone_code!r} has no mapping in [zones.map]")
-        if rules.unmapped == "hold":
-            return Mapped(None, zone_code, end.timestamp(), start.timestamp())
-        zone = zone_code
-    # the vendor's key order: the zone comes right after the plate
-    items = list(payload.items())
-    items.insert(zone_at, ("zone", _limited("ZONE", zone, LIMITS["zone"])))
-    return Mapped(dict(items), zone_code, end.timestamp(), start.timestamp())
+        payload["TicketNumber"] = ticket
+    return Mapped(payload, zone_code, ends_at, starts_at)
 
 
 def permit_number(
@@ -200,15 +206,16 @@ def to_utc(
             return parsed.astimezone(UTC).replace(microsecond=0)
         if parsed.microsecond:
             parsed = parsed.replace(microsecond=0)
+        # fold=0: the earlier instant of an overlap; in a gap, the offset before it, which
+        # is the later instant. Either way the answer, unless it is before ``not_before``.
         first = parsed.replace(tzinfo=zone, fold=0).astimezone(UTC)
+        if not_before is None or first >= not_before:
+            return first
         second = parsed.replace(tzinfo=zone, fold=1).astimezone(UTC)
     except (OverflowError, ValueError):
         raise MappingError(field, f"time {local!r} is outside the range that can be sent") from None
-    if first <= second:  # an overlap (or an ordinary time: both equal)
-        if not_before is not None and first < not_before <= second:
-            return second
-        return first
-    # A gap: fold=0 uses the offset before the transition; that instant is the later one.
+    if first <= second and not_before <= second:  # an overlap: its later instant is not before
+        return second
     return first
 
 
