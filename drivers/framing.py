@@ -177,14 +177,16 @@ class StxEtxFramer:
             return (len(buffer) if start < 0 else start), None
         # an ETX beyond ``limit`` would make the frame longer than max_frame
         limit = min(len(buffer), self.max_frame - self.check_len)
-        end = _first_of(buffer, (ETX, STX), 1, limit)
+        end = buffer.find(ETX, 1, limit)
+        restart = buffer.find(STX, 1, limit if end < 0 else end)
+        if restart >= 0:
+            detail = f"new STX at +{restart}, no ETX"
+            return restart, BadFrame(Fault.BROKEN, 0, detail, buffer[:restart])
         if end < 0:
             if len(buffer) < self.max_frame - self.check_len:
                 return 0, None
             detail = f"no ETX within max_frame ({self.max_frame} bytes)"
             return limit, BadFrame(Fault.BROKEN, 0, detail, buffer[:limit])
-        if buffer[end] == STX:
-            return end, BadFrame(Fault.BROKEN, 0, f"new STX at +{end}, no ETX", buffer[:end])
         size = end + 1 + self.check_len
         if len(buffer) < size:
             return 0, None
@@ -281,9 +283,3 @@ class LineFramer:
     def _consume(self, used: int) -> None:
         del self._buffer[:used]
         self._offset += used
-
-
-def _first_of(buffer: bytes, values: tuple[int, ...], start: int, stop: int) -> int:
-    """Index of the first of ``values`` in ``buffer[start:stop]``, or -1."""
-    found = [i for i in (buffer.find(v, start, stop) for v in values) if i >= 0]
-    return min(found, default=-1)
