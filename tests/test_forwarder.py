@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.server
+import logging
 import shutil
 import ssl
 import subprocess
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -189,6 +191,24 @@ def test_connection_refused_is_retried_and_drains_when_back(pipe: Pipeline) -> N
     pipe.emulator.come_up()
     eventually(lambda: all(pipe.state_of(i) is State.SENT for i in ids), what="drained")
     assert pipe.journal.meta().get("controller_state") == "ok"
+
+
+def test_an_outage_is_logged_once_saying_what_cannot_be_reached(
+    pipe: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    pipe.emulator.go_down()
+    pipe.forwarder.start()
+    with caplog.at_level(logging.WARNING, logger="agent.forwarder"):
+        pipe.sale()
+        eventually(
+            lambda: pipe.journal.meta().get("controller_state") == "unreachable", what="unreachable"
+        )
+    [line] = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    port = urlsplit(pipe.emulator.url).port
+    assert line == (
+        f"ConnectError: controller unreachable: connection refused by 127.0.0.1:{port}; "
+        "records are kept and retried"
+    )
 
 
 def test_rejected_record_goes_dead_and_does_not_block_the_queue(

@@ -121,7 +121,10 @@ class ControllerHealth:
                     }
                 )
         elif changed:
-            log.warning("controller unreachable: %s; records are kept and retried", verdict.reason)
+            reason = verdict.reason  # a lost connection's names whom: controller, or proxy
+            if "unreachable" not in reason:
+                reason = f"controller unreachable: {reason}"
+            log.warning("%s; records are kept and retried", reason)
 
     def move(self, state: ControllerState, reason: str) -> ControllerState | None:
         """Move to ``state``; return the previous state if it changed, else None.
