@@ -272,8 +272,13 @@ class Forwarder:
         started = time.monotonic()
         verdict: Verdict | None = None
         try:
+            # the record's "being sent" mark on the disk before its request goes out: a
+            # power cut that took it would later read the controller's 9022 for this very
+            # request as another record's (a conflict), dead-lettering a delivered sale
             if delivery.attempts:
                 self.journal.sending(claim.id)  # a JournalError here: nothing went out
+            else:
+                self.journal.settle()  # the claim's commit, and any made since
             verdict, body_text = self._send(delivery)
         finally:
             self.window.release(round_, verdict, time.monotonic() - started)

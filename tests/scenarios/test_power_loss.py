@@ -2,7 +2,9 @@
 open connection runs WAL with ``synchronous=FULL`` (read back from SQLite, and checked in
 the running service), and the ACK byte is written only after the commit returns
 (test_serial). Here: a journal whose WAL was cut, or whose last write was torn, at a random
-byte opens as the prefix of what was committed, intact, and the agent carries on from it.
+byte opens as the prefix of what was committed, intact, and the agent carries on from it;
+and a power cut in the middle of a delivery run, modelled by what the agent's fsyncs made
+durable (``synced_log.c``), leaves no delivered sale taken for another's.
 """
 
 from __future__ import annotations
@@ -10,13 +12,17 @@ from __future__ import annotations
 import random
 import shutil
 import sqlite3
+import subprocess
 from pathlib import Path
 
+import pytest
+
 from agent.config import load_config
-from agent.journal import Journal, open_journal
+from agent.emulator import ControllerEmulator
+from agent.journal import Journal, State, open_journal
 from agent.service import Service
-from tests.conftest import write_config
-from tests.scenarios.conftest import SEED, SOAK, report, submit_sale
+from tests.conftest import agent_env, eventually, start_agent, stop_agent, write_config
+from tests.scenarios.conftest import SEED, SOAK, fill_journal, report, submit_sale
 
 CUTS = 200 if SOAK else 25
 
@@ -96,3 +102,82 @@ def test_the_running_service_writes_with_synchronous_full(tmp_path: Path) -> Non
     db = sqlite3.connect(tmp_path / "journal.sqlite3")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent in the file
     db.close()
+
+
+def synced_sizes(log: Path) -> dict[str, int]:
+    """Each file's size at the last fsync the agent made of it (``synced_log.c``'s log)."""
+    sizes: dict[str, int] = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        path, size = line.rsplit(" ", 1)
+        sizes[path] = int(size)
+    return sizes
+
+
+def count(journal: Path, state: str) -> int | None:
+    """Records in ``state``, read as another process reads the live journal (read-only: a
+    reader that closes last must not checkpoint the WAL the test is about to cut); None
+    while the agent has not opened it yet (a read-only reader cannot set up its WAL)."""
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT count(*) FROM records WHERE state = ?", (state,)).fetchone()
+        return int(row[0])
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        db.close()
+
+
+def test_a_power_cut_while_delivering_takes_no_delivered_sale_for_a_conflict(
+    tmp_path: Path, emulator: ControllerEmulator
+) -> None:
+    """A backlog drains; the power goes: whatever the agent wrote after its last fsync is
+    gone. The controller holds every sale it was sent, so each one sent again must be
+    answered 9022 and taken as delivered (an earlier attempt's outcome was unknown to the
+    journal), never dead-lettered as a permit-number conflict. That holds only if a
+    record's "being sent" mark is durable before its request goes out."""
+    if shutil.which("cc") is None:
+        pytest.skip("needs a C compiler (cc) to build the fsync log shim")
+    shim = tmp_path / "synced_log.so"
+    source = Path(__file__).with_name("synced_log.c")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(shim), str(source), "-ldl"], check=True)
+    journal = tmp_path / "journal.sqlite3"
+    wal = journal.with_name("journal.sqlite3-wal")
+    txns = fill_journal(journal, pending=30)  # durable appends, then closed: no WAL left
+    config = write_config(tmp_path, emulator.url)
+
+    log = tmp_path / "synced.log"
+    env = agent_env(LD_PRELOAD=str(shim), SYNCED_LOG=str(log))
+    agent = start_agent(config, tmp_path / "agent.log", env)
+    try:
+        assert emulator.wait_for(len(txns), timeout=30), "the backlog was not delivered"
+        eventually(lambda: count(journal, "pending") == 0, what="every result recorded")
+    finally:
+        agent.kill()  # the power goes
+        agent.wait()
+    synced = synced_sizes(log)
+    assert str(journal) not in synced, "a checkpoint ran: this model of a power cut no longer holds"
+    with open(wal, "r+b") as cut:  # what was never synced never reached the disk
+        cut.truncate(synced.get(str(wal), 0))
+    journal.with_name("journal.sqlite3-shm").unlink(missing_ok=True)
+
+    agent = start_agent(config, tmp_path / "agent.log")
+    try:
+        eventually(
+            lambda: (
+                count(journal, "pending") + count(journal, "dead") == 0
+                or count(journal, "dead") > 0
+            ),
+            timeout=30,
+            what="every record sent again",
+        )
+    finally:
+        stop_agent(agent)
+    with Journal(journal) as reopened:
+        states = [r.state for r in reopened.records()]
+        dead = [r.last_error for r in reopened.records() if r.state is State.DEAD]
+    report("power-cut-delivering", records=len(txns), dead=len(dead))
+    assert dead == [], f"{len(dead)} delivered sale(s) dead-lettered after the cut: {dead[:1]}"
+    assert states == [State.SENT] * len(txns)
+    assert sorted(a.payload["permitNo"] for a in emulator.accepted) == sorted(
+        set(a.payload["permitNo"] for a in emulator.accepted)
+    ) and len(emulator.accepted) == len(txns), "the controller holds each sale once"
